@@ -1,0 +1,38 @@
+# `make run` serves on 127.0.0.1:5000 over ./mlartifacts; `make test` installs everything tests need and runs them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install install-test bench stack clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[all]'
+
+# One pip call resolves aiobotocore's botocore pin together with moto/boto3 (see docs/test-servers traps).
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[all,test]'
+	$(BIN)/pip check
+	touch $(STAMP)
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch node_modules/.installed
+
+install-test: $(STAMP) node_modules/.installed
+
+run: install
+	$(BIN)/artifact-proxy server --artifacts-destination ./mlartifacts --host 127.0.0.1 --port 5000
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+bench: install-test
+	bash bench/setup.sh && $(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

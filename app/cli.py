@@ -1,0 +1,96 @@
+"""`artifact-proxy server ...`: flags mirror `mlflow server`'s artifact flags, so a command line can be swapped."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+import uvicorn
+
+from app import __version__
+from app.settings import Settings
+from app.storage import StoreConfigError, open_store, scheme_of
+
+logger = logging.getLogger("artifact_proxy.cli")
+
+# Flags -> the environment variables Settings reads; uvicorn workers are fresh processes that only see the env.
+FLAG_ENV = {
+    "artifacts_destination": "ARTIFACT_PROXY_ARTIFACTS_DESTINATION",
+    "host": "ARTIFACT_PROXY_HOST",
+    "port": "ARTIFACT_PROXY_PORT",
+    "workers": "ARTIFACT_PROXY_WORKERS",
+    "static_prefix": "ARTIFACT_PROXY_STATIC_PREFIX",
+    "log_level": "ARTIFACT_PROXY_LOG_LEVEL",
+    "access_log": "ARTIFACT_PROXY_ACCESS_LOG",
+    "max_upload_size": "ARTIFACT_PROXY_MAX_UPLOAD_SIZE",
+}
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+@click.group(context_settings={"help_option_names": ["--help"]})
+@click.version_option(__version__, "--version", prog_name="artifact-proxy")
+def main() -> None:
+    """artifact-proxy: an async, streaming drop-in for `mlflow server --artifacts-only`."""
+
+
+@main.command(context_settings={"help_option_names": ["--help"]})
+@click.option("--artifacts-destination", default=None, help="Local path, file://, s3://, gs:// or wasbs:// URI "
+              "[env MLFLOW_ARTIFACTS_DESTINATION; default ./mlartifacts].")
+@click.option("-h", "--host", default=None, help="Interface to bind [default 127.0.0.1].")
+@click.option("-p", "--port", type=int, default=None, help="Port to listen on [default 5000].")
+@click.option("-w", "--workers", type=int, default=None, help="Worker processes [default: CPU count, at most 4].")
+@click.option("--static-prefix", default=None, help="Path prefix for every route, e.g. /mlflow.")
+@click.option("--log-level", default=None, help="Log level (debug, info, warning, error).")
+@click.option("--access-log/--no-access-log", default=None, help="Log every request.")
+@click.option("--max-upload-size", type=int, default=None, help="Refuse proxied uploads above this many bytes (413).")
+@click.option("--artifacts-only", is_flag=True, help="Accepted for compatibility: artifacts are always served.")
+@click.option("--serve-artifacts/--no-serve-artifacts", default=True, help="Accepted for compatibility.")
+@click.option("--backend-store-uri", default=None, hidden=True, help="Ignored: this server keeps no tracking data.")
+@click.option("--default-artifact-root", default=None, hidden=True, help="Ignored: use --artifacts-destination.")
+def server(**flags: object) -> None:
+    """Serve the mlflow-artifacts API."""
+    for ignored in ("backend_store_uri", "default_artifact_root"):
+        if flags.get(ignored):
+            click.echo(f"note: --{ignored.replace('_', '-')} is ignored by artifact-proxy", err=True)
+    if flags.get("serve_artifacts") is False:
+        click.echo("note: --no-serve-artifacts is ignored: artifact-proxy always serves artifacts", err=True)
+    for name, env in FLAG_ENV.items():
+        value = flags.get(name)
+        if value is not None:
+            os.environ[env] = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        settings = Settings()
+        open_store(settings.artifacts_destination, settings)  # fail fast on a bad URI or a missing extra
+    except (StoreConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    run(settings)
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if scheme_of(settings.artifacts_destination) in ("", "file"):
+        _sweep_local(settings)
+    uvicorn.run(
+        "app.main:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers or default_workers(),
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _sweep_local(settings: Settings) -> None:
+    # Before any worker exists, every temp file is a leftover from a crash: remove them all.
+    from app.storage.local import local_root, sweep_temp_files
+
+    root = local_root(settings.artifacts_destination).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(os.path.realpath(root))

@@ -1,0 +1,120 @@
+"""Download response headers: Content-Type, Content-Disposition, ETag/Last-Modified, and Range/If-Range.
+
+One place owns these protocol rules for every backend (local files and streamed objects alike).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import unicodedata
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+from urllib.parse import quote
+
+from app.storage.base import ObjectMeta
+
+# MLflow serves these as text/plain (mlflow/utils/mime_type_utils.py), by extension or by the whole extensionless name.
+TEXT_EXTENSIONS = frozenset(
+    "txt log err cfg conf cnf cf ini properties prop hocon toml yaml yml xml json js py py3 csv tsv md rst ipynb "
+    "mlmodel mlproject".split()
+)
+# A private table built from Python's defaults, so answers never depend on the host's /etc/mime.types.
+_MIME = mimetypes.MimeTypes(filenames=())
+_TOKEN_SAFE = re.compile(r"^[A-Za-z0-9!#$&+.^_`|~-]+$")
+_QUOTED_SAFE = re.compile(r'^[\x20-\x7e]+$')
+
+
+def content_type(basename: str) -> str:
+    ext = basename.rsplit(".", 1)[-1] if "." in basename else basename
+    if ext.lower() in TEXT_EXTENSIONS:
+        return "text/plain"
+    guessed, _ = _MIME.guess_type(basename, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def content_disposition(basename: str) -> str:
+    """Always `attachment`; non-ASCII names get an ASCII fallback plus RFC 5987 `filename*`; nothing is injectable."""
+    if _TOKEN_SAFE.match(basename):
+        return f"attachment; filename={basename}"
+    if _QUOTED_SAFE.match(basename) and '"' not in basename and "\\" not in basename and ";" not in basename:
+        return f'attachment; filename="{basename}"'
+    ascii_name = unicodedata.normalize("NFKD", basename).encode("ascii", "ignore").decode("ascii")
+    ascii_name = re.sub(r"[^A-Za-z0-9!#$&+.^_`|~-]", "", ascii_name) or "download"
+    return f"attachment; filename={ascii_name}; filename*=UTF-8''{quote(basename, safe='')}"
+
+
+def validators(meta: ObjectMeta) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if meta.etag:
+        headers["etag"] = meta.etag
+    if meta.last_modified is not None:
+        headers["last-modified"] = formatdate(meta.last_modified, usegmt=True)
+    return headers
+
+
+def base_headers(basename: str, meta: ObjectMeta) -> dict[str, str]:
+    return {
+        "content-type": content_type(basename),
+        "content-disposition": content_disposition(basename),
+        "accept-ranges": "bytes",
+        "cache-control": "no-cache",
+        **validators(meta),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # exclusive
+
+
+class RangeNotSatisfiable(Exception):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single range a `Range` header asks for; None means "send everything" (absent, malformed or multi-range:
+    RFC 9110 lets a server ignore those). Raises RangeNotSatisfiable for a well-formed range past the end."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if not first:  # suffix: the last N bytes
+            length = int(last)
+            if length <= 0:
+                raise RangeNotSatisfiable()
+            return ByteRange(max(size - length, 0), size) if size else _unsatisfiable()
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start < 0 or (last and end <= start):
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable()
+    return ByteRange(start, min(end, size))
+
+
+def _unsatisfiable() -> ByteRange:
+    raise RangeNotSatisfiable()
+
+
+def if_range_matches(if_range: str | None, meta: ObjectMeta) -> bool:
+    """Whether a conditional range still applies: a strong ETag match, or an HTTP date equal to Last-Modified."""
+    if if_range is None:
+        return True
+    value = if_range.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        return bool(meta.etag) and value == meta.etag and not value.startswith("W/")
+    if meta.last_modified is None:
+        return False
+    try:
+        return int(parsedate_to_datetime(value).timestamp()) == int(meta.last_modified)
+    except (TypeError, ValueError):
+        return False

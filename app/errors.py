@@ -1,0 +1,152 @@
+"""One exception hierarchy, mapped to MLflow's error JSON in one place.
+
+Every failure the service reports, including unknown routes, wrong methods and unexpected faults, leaves through
+`error_response` so clients always see `{"error_code": ..., "message": ...}`. Client mistakes are 4xx: the MLflow
+client retries 5xx seven times with backoff, so a 500 for a bad path costs minutes and repeated uploads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger("artifact_proxy.errors")
+
+# The MLflow client falls back to a single PUT only when the error message starts with this exact text.
+MULTIPART_UPLOAD_UNSUPPORTED = "Multipart upload is not supported for the current artifact repository"
+MULTIPART_DOWNLOAD_UNSUPPORTED = "Multipart download is not supported for the current artifact repository"
+
+
+class ArtifactProxyError(Exception):
+    """Base of every error the service answers with; subclasses fix the MLflow error code and HTTP status."""
+
+    error_code = "INTERNAL_ERROR"
+    status_code = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidParameter(ArtifactProxyError):
+    error_code = "INVALID_PARAMETER_VALUE"
+    status_code = 400
+
+
+class InvalidPath(InvalidParameter):
+    def __init__(self, message: str = "Invalid path") -> None:
+        super().__init__(message)
+
+
+class PathOutsideRoot(InvalidPath):
+    def __init__(self) -> None:
+        super().__init__("Invalid path: resolved path is outside the artifact directory")
+
+
+class IsADirectoryArtifact(InvalidParameter):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"Artifact path refers to a directory, not a file: '{path}'")
+
+
+class ArtifactNotFound(ArtifactProxyError):
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+    status_code = 404
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"No such artifact: '{path}'")
+
+
+class ResourceNotFound(ArtifactProxyError):
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+    status_code = 404
+
+
+class PermissionDenied(ArtifactProxyError):
+    error_code = "PERMISSION_DENIED"
+    status_code = 403
+
+
+class AlreadyExists(ArtifactProxyError):
+    error_code = "RESOURCE_ALREADY_EXISTS"
+    status_code = 409
+
+
+class PayloadTooLarge(ArtifactProxyError):
+    # BAD_REQUEST, not RESOURCE_EXHAUSTED: the latter maps to 429, which the client retries.
+    error_code = "BAD_REQUEST"
+    status_code = 413
+
+
+class IncompleteBody(ArtifactProxyError):
+    error_code = "BAD_REQUEST"
+    status_code = 400
+
+
+class MultipartUploadUnsupported(ArtifactProxyError):
+    error_code = "NOT_IMPLEMENTED"
+    status_code = 501
+
+    def __init__(self) -> None:
+        super().__init__(MULTIPART_UPLOAD_UNSUPPORTED)
+
+
+class PresignedDownloadUnsupported(ArtifactProxyError):
+    error_code = "NOT_IMPLEMENTED"
+    status_code = 501
+
+    def __init__(self) -> None:
+        super().__init__(MULTIPART_DOWNLOAD_UNSUPPORTED)
+
+
+class StorageUnavailable(ArtifactProxyError):
+    """The store is down, throttling or unreachable: transient, so 503 with Retry-After invites a retry."""
+
+    error_code = "TEMPORARILY_UNAVAILABLE"
+    status_code = 503
+
+    def __init__(self, message: str = "The artifact store is temporarily unavailable", retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class StorageTimeout(ArtifactProxyError):
+    error_code = "DEADLINE_EXCEEDED"
+    status_code = 504
+
+
+class StorageMisconfigured(ArtifactProxyError):
+    """The store refused our credentials or the bucket is wrong: an operator must act; details go to the log."""
+
+    error_code = "INTERNAL_ERROR"
+    status_code = 502
+
+
+def error_response(status_code: int, error_code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error_code": error_code, "message": message}, status_code=status_code, headers=headers)
+
+
+async def handle_proxy_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ArtifactProxyError)
+    return error_response(exc.status_code, exc.error_code, exc.message, exc.headers)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return error_response(404, "ENDPOINT_NOT_FOUND", f"No route for {request.method} {request.url.path!r}")
+    if exc.status_code == 405:
+        headers = dict(exc.headers or {})
+        return error_response(405, "BAD_REQUEST", f"Method {request.method} is not allowed here", headers)
+    return error_response(exc.status_code, "BAD_REQUEST", str(exc.detail))
+
+
+async def handle_validation_error(_: Request, exc: Exception) -> Response:
+    return error_response(400, "INVALID_PARAMETER_VALUE", f"Invalid request: {exc}")
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "INTERNAL_ERROR", "Internal server error")

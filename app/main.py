@@ -1,0 +1,86 @@
+"""create_app(settings): the lifespan opens and closes the store; routers are mounted under every prefix."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import __version__
+from app.errors import (
+    ArtifactProxyError,
+    handle_http_exception,
+    handle_proxy_error,
+    handle_unexpected,
+    handle_validation_error,
+)
+from app.middleware import SecurityHeadersMiddleware
+from app.routes import artifacts, meta, multipart
+from app.settings import Settings
+from app.storage import open_store
+
+logger = logging.getLogger("artifact_proxy")
+
+
+class AnyPathConvertor(Convertor[str]):
+    """Like Starlette's `path`, but also matches newlines, so `%0a` paths reach validation and get a 400."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", AnyPathConvertor())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.artifacts_destination, settings)
+        await store.start()
+        app.state.store = store
+        logger.info("serving artifacts from %s", settings.artifacts_destination)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="artifact-proxy",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+        exception_handlers={
+            ArtifactProxyError: handle_proxy_error,
+            StarletteHTTPException: handle_http_exception,
+            RequestValidationError: handle_validation_error,
+            Exception: handle_unexpected,
+        },
+    )
+    app.state.settings = settings
+    app.router.redirect_slashes = False
+    for prefix in settings.api_prefixes:
+        app.router.routes.extend(artifacts.routes(prefix))
+        app.router.routes.extend(multipart.routes(prefix))
+    app.router.routes.extend(meta.routes(settings))
+    app.add_middleware(SecurityHeadersMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: settings come from the environment the CLI prepared."""
+    return create_app(Settings())

@@ -1,0 +1,96 @@
+"""Path safety: every route turns client-supplied paths into a canonical artifact path here, and only here.
+
+The canonical path is a relative POSIX path with no empty, `.` or `..` segments ("" is the root). Backends receive
+nothing else, and authorization (when added) must see exactly this value, so no encoding can make them disagree.
+Local containment (symlinks) is checked by the local backend against the real root, on every verb.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from app.errors import InvalidParameter, InvalidPath
+
+TEMP_PREFIX = ".artifact.uploading."
+MAX_DECODE_ROUNDS = 10
+MAX_SEGMENT_BYTES = 255
+
+_CONTROL = re.compile("[\x00-\x1f\x7f\ufffd#\\\\]")
+_SCHEME_OR_DRIVE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactPath:
+    """A validated artifact path: `canonical` is what backends and auth see; `trailing_slash` remembers a final `/`."""
+
+    canonical: str
+    trailing_slash: bool = False
+
+    @property
+    def is_root(self) -> bool:
+        return self.canonical == ""
+
+    @property
+    def segments(self) -> list[str]:
+        return self.canonical.split("/") if self.canonical else []
+
+    @property
+    def basename(self) -> str:
+        return self.canonical.rsplit("/", 1)[-1]
+
+    def child(self, name: str) -> ArtifactPath:
+        return ArtifactPath(f"{self.canonical}/{name}" if self.canonical else name)
+
+
+def fully_decode(raw: str) -> str:
+    """Percent-decode until stable: a payload encoded twice must not reach a later decoder and mean `..`."""
+    value = raw
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = unquote(value, errors="replace")
+        if decoded == value:
+            return value
+        value = decoded
+    raise InvalidPath()
+
+
+def _check_segment(segment: str) -> None:
+    if segment == ".." or segment.startswith(TEMP_PREFIX):
+        raise InvalidPath()
+    if len(segment.encode("utf-8", errors="surrogatepass")) > MAX_SEGMENT_BYTES:
+        raise InvalidPath()
+
+
+def canonical_path(raw: str | None) -> ArtifactPath:
+    """Validate a path as decoded once by the HTTP layer and return its canonical form, or raise `InvalidPath`."""
+    value = fully_decode(raw or "")
+    if _CONTROL.search(value) or value.startswith("/") or _SCHEME_OR_DRIVE.match(value):
+        raise InvalidPath()
+    kept: list[str] = []
+    for segment in value.split("/"):
+        if segment in ("", "."):
+            continue
+        _check_segment(segment)
+        kept.append(segment)
+    return ArtifactPath("/".join(kept), trailing_slash=value.endswith("/") and bool(kept))
+
+
+def file_path(raw: str | None) -> ArtifactPath:
+    """A path that must name a file (PUT): not the root and not ending in `/`."""
+    path = canonical_path(raw)
+    if path.is_root or path.trailing_slash or (raw or "").endswith("/"):
+        raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
+    return path
+
+
+def multipart_target(directory_raw: str | None, body_path: str | None) -> ArtifactPath:
+    """The key a multipart upload writes: the URL directory plus only the basename of the client's local path."""
+    if not body_path:
+        raise InvalidParameter("Missing value for required parameter 'path'")
+    basename = re.split(r"[/\\]", body_path)[-1]
+    if basename in ("", ".", "..") or _CONTROL.search(basename.replace("\\", "")):
+        raise InvalidPath()
+    _check_segment(basename)
+    directory = canonical_path(directory_raw)
+    return canonical_path(directory.child(basename).canonical)

@@ -1,0 +1,174 @@
+"""GET/HEAD/PUT/DELETE `artifacts/<path>` and the `artifacts?path=` listing.
+
+These are the hot paths, so they are plain Starlette endpoints: no dependency resolution or response-model
+validation per request, and at most one thread hop for a small file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from app.downloads import ByteRange, RangeNotSatisfiable, base_headers, if_range_matches, parse_range
+from app.errors import IncompleteBody, InvalidParameter, PayloadTooLarge, error_response
+from app.paths import ArtifactPath, canonical_path, file_path
+from app.settings import Settings
+from app.schemas import list_json
+from app.storage.base import ArtifactStore, ObjectMeta, ReadHandle, supports_multipart_upload
+
+logger = logging.getLogger("artifact_proxy.artifacts")
+
+EMPTY_JSON = b"{}"
+
+
+def store_of(request: Request) -> ArtifactStore:
+    store: ArtifactStore = request.app.state.store
+    return store
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+class ReadHandleResponse(Response):
+    """Streams one byte range of an opened object, and always closes the handle (disconnects included)."""
+
+    def __init__(self, handle: ReadHandle, byte_range: ByteRange, status_code: int, headers: dict[str, str]) -> None:
+        super().__init__(status_code=status_code, headers=headers)
+        self.handle = handle
+        self.byte_range = byte_range
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.handle.iter_range(self.byte_range.start, self.byte_range.end):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            # uvicorn raises on send after the client went away; there is no one left to answer.
+            logger.debug("client went away during download of %s", scope.get("path"))
+        finally:
+            await self.handle.aclose()
+
+
+async def download(request: Request) -> Response:
+    path = canonical_path(request.path_params["path"])
+    handle = await store_of(request).open_read(path)
+    try:
+        status, headers, byte_range = _plan_download(request, path, handle.meta)
+    except BaseException:
+        await handle.aclose()
+        raise
+    if request.method == "HEAD" or status == 416:
+        await handle.aclose()
+        if status == 416:
+            return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
+        response = Response(status_code=status, headers=headers)
+        response.body = b""
+        return response
+    return ReadHandleResponse(handle, byte_range, status, headers)
+
+
+def _plan_download(request: Request, path: ArtifactPath, meta: ObjectMeta) -> tuple[int, dict[str, str], ByteRange]:
+    """Status, headers and byte range for a GET/HEAD, honouring Range and If-Range."""
+    headers = base_headers(path.basename, meta)
+    status, byte_range = 200, ByteRange(0, meta.size)
+    if if_range_matches(request.headers.get("if-range"), meta):
+        try:
+            requested = parse_range(request.headers.get("range"), meta.size)
+        except RangeNotSatisfiable:
+            headers["content-range"] = f"bytes */{meta.size}"
+            return 416, headers, byte_range
+        if requested is not None:
+            status, byte_range = 206, requested
+            headers["content-range"] = f"bytes {requested.start}-{requested.end - 1}/{meta.size}"
+    headers["content-length"] = str(byte_range.end - byte_range.start)
+    return status, headers, byte_range
+
+
+async def upload(request: Request) -> Response:
+    # Path and size are checked before the first body read: uvicorn sends `100 Continue` only then, so a refused
+    # client never sends its gigabytes.
+    path = file_path(request.path_params["path"])
+    settings = settings_of(request)
+    store = store_of(request)
+    announced = _announced_length(request)
+    _check_size(announced, settings, supports_multipart_upload(store))
+    try:
+        await store.write(path, _counted_body(request, announced, settings.max_upload_size), announced)
+    except ClientDisconnect:
+        logger.info("client disconnected during upload of %s; nothing was stored", path.canonical)
+        return error_response(400, "BAD_REQUEST", "Client disconnected before the upload completed")
+    return Response(EMPTY_JSON, media_type="application/json")
+
+
+def _announced_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidParameter("Invalid Content-Length")
+    return int(raw)
+
+
+def _check_size(announced: int | None, settings: Settings, multipart_available: bool) -> None:
+    if announced is None:
+        return
+    if settings.max_upload_size is not None and announced > settings.max_upload_size:
+        raise PayloadTooLarge(f"Upload of {announced} bytes exceeds the limit of {settings.max_upload_size} bytes")
+    limit = settings.presigned_only_min_size
+    if limit is not None and multipart_available and announced > limit:
+        raise PayloadTooLarge(
+            f"Uploads over {limit} bytes must use multipart upload: set MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true"
+        )
+
+
+async def _counted_body(request: Request, announced: int | None, limit: int | None) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise PayloadTooLarge(f"Upload exceeds the limit of {limit} bytes")
+        if announced is not None and received > announced:
+            raise IncompleteBody("Request body is longer than its Content-Length")
+        yield chunk
+    if announced is not None and received != announced:
+        raise IncompleteBody(f"Request body ended after {received} of {announced} bytes")
+
+
+async def list_artifacts(request: Request) -> Response:
+    values = request.query_params.getlist("path")
+    path = canonical_path(values[0] if values else "")
+    infos = await store_of(request).list(path)
+    return JSONResponse(list_json(infos))
+
+
+async def delete(request: Request) -> Response:
+    path = canonical_path(request.path_params["path"])
+    if path.is_root:
+        raise InvalidParameter("Refusing to delete the artifact root: give a path below it")
+    await store_of(request).delete(path)
+    return Response(EMPTY_JSON, media_type="application/json")
+
+
+async def artifact(request: Request) -> Response:
+    """One route per path, dispatching on the method, so a 405 lists every allowed method."""
+    method = request.method
+    if method == "PUT":
+        return await upload(request)
+    if method == "DELETE":
+        return await delete(request)
+    return await download(request)
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/artifacts", list_artifacts, methods=["GET"]),
+        Route(f"{prefix}/artifacts/{{path:anypath}}", artifact, methods=["GET", "HEAD", "PUT", "DELETE"]),
+    ]

@@ -1,0 +1,45 @@
+"""`server-info` (the MLflow client's capability probe), `/health` (liveness) and `/ready` (the store answers)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from app.routes.artifacts import store_of
+from app.schemas import ServerInfo
+from app.settings import Settings
+from app.storage.base import supports_multipart_upload, supports_presigned_download
+
+
+def server_info_payload(store: object) -> ServerInfo:
+    # Answered from configuration, never from a storage round trip: clients probe it with a 3 s timeout.
+    return ServerInfo(
+        multipart_uploads_enabled=supports_multipart_upload(store),
+        multipart_downloads_enabled=supports_presigned_download(store),
+    )
+
+
+async def server_info(request: Request) -> Response:
+    return JSONResponse(server_info_payload(store_of(request)).model_dump())
+
+
+async def health(_: Request) -> Response:
+    return PlainTextResponse("OK")
+
+
+async def ready(request: Request) -> Response:
+    await store_of(request).check_ready()
+    return PlainTextResponse("OK")
+
+
+def routes(settings: Settings) -> list[Route]:
+    prefix = settings.static_prefix
+    result = [Route(path, server_info, methods=["GET"]) for path in settings.server_info_paths]
+    result.append(Route(f"{prefix}/health", health, methods=["GET", "HEAD"]))
+    result.append(Route(f"{prefix}/ready", ready, methods=["GET", "HEAD"]))
+    if prefix:
+        # Probes from orchestrators rarely know the prefix: liveness also answers at the bare path.
+        result.append(Route("/health", health, methods=["GET", "HEAD"]))
+        result.append(Route("/ready", ready, methods=["GET", "HEAD"]))
+    return result

@@ -1,0 +1,132 @@
+"""`mpu/create|complete|abort/<dir>` and `presigned/<path>`: the service signs, the bytes bypass it.
+
+Every route validates its URL path first (400 on attacks, whatever the backend), then answers 501 with the exact
+constant the MLflow client's fallback looks for when the destination cannot presign.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
+from app.paths import ArtifactPath, canonical_path, multipart_target
+from app.routes.artifacts import EMPTY_JSON, store_of
+from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
+from app.storage.base import (
+    CompletedPart,
+    MultipartUploads,
+    PresignedDownloads,
+    supports_multipart_upload,
+    supports_presigned_download,
+)
+
+MAX_PARTS = 10_000
+M = TypeVar("M", bound=BaseModel)
+
+
+def _multipart_store(request: Request) -> MultipartUploads:
+    store = store_of(request)
+    if not supports_multipart_upload(store):
+        raise MultipartUploadUnsupported()
+    assert isinstance(store, MultipartUploads)
+    return store
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    try:
+        data: Any = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise InvalidParameter("Missing value for required parameter 'path'")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidParameter(f"Invalid request body: {exc.errors()[0]['msg']}") from exc
+
+
+def _num_parts(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidParameter(f"Invalid value {json.dumps(value)} for parameter 'num_parts' supplied")
+    try:
+        parts = int(value)
+    except ValueError as exc:
+        raise InvalidParameter(f'Invalid value "{value}" for parameter \'num_parts\' supplied') from exc
+    if not 1 <= parts <= MAX_PARTS:
+        raise InvalidParameter(
+            f"Invalid value {parts} for parameter 'num_parts': must be between 1 and {MAX_PARTS}; "
+            "raise MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE to upload this file in fewer parts"
+        )
+    return parts
+
+
+def _target(request: Request, body_path: str | None) -> ArtifactPath:
+    return multipart_target(request.path_params.get("path", ""), body_path)
+
+
+async def create_upload(request: Request) -> Response:
+    canonical_path(request.path_params.get("path", ""))
+    store = _multipart_store(request)
+    body = await _body(request, CreateMultipartRequest)
+    target = _target(request, body.path)
+    if body.num_parts is None:
+        raise InvalidParameter("Missing value for required parameter 'num_parts'")
+    created = await store.create_multipart_upload(target, _num_parts(body.num_parts))
+    return JSONResponse(created_upload_json(created))
+
+
+async def complete_upload(request: Request) -> Response:
+    canonical_path(request.path_params.get("path", ""))
+    store = _multipart_store(request)
+    body = await _body(request, CompleteMultipartRequest)
+    target = _target(request, body.path)
+    if not body.parts:
+        raise InvalidParameter("Missing value for required parameter 'parts'")
+    parts = sorted(
+        (CompletedPart(part.part_number, part.etag, part.url) for part in body.parts), key=lambda p: p.part_number
+    )
+    await store.complete_multipart_upload(target, body.upload_id, parts)
+    return Response(EMPTY_JSON, media_type="application/json")
+
+
+async def abort_upload(request: Request) -> Response:
+    canonical_path(request.path_params.get("path", ""))
+    store = _multipart_store(request)
+    body = await _body(request, AbortMultipartRequest)
+    target = _target(request, body.path)
+    await store.abort_multipart_upload(target, body.upload_id)
+    return Response(EMPTY_JSON, media_type="application/json")
+
+
+async def presigned_download(request: Request) -> Response:
+    path = canonical_path(request.path_params.get("path", ""))
+    store = store_of(request)
+    if not supports_presigned_download(store):
+        raise PresignedDownloadUnsupported()
+    assert isinstance(store, PresignedDownloads)
+    signed = await store.presign_download(path)
+    body: dict[str, object] = {"url": signed.url, "headers": signed.headers}
+    if signed.file_size is not None:
+        body["file_size"] = signed.file_size
+    return JSONResponse(body)
+
+
+def routes(prefix: str) -> list[Route]:
+    table = [
+        ("mpu/create", create_upload, "POST"),
+        ("mpu/complete", complete_upload, "POST"),
+        ("mpu/abort", abort_upload, "POST"),
+        ("presigned", presigned_download, "GET"),
+    ]
+    result: list[Route] = []
+    for name, endpoint, method in table:
+        result.append(Route(f"{prefix}/{name}", endpoint, methods=[method]))
+        result.append(Route(f"{prefix}/{name}/{{path:anypath}}", endpoint, methods=[method]))
+    return result

@@ -1,0 +1,76 @@
+"""The one settings model: CLI flags > environment > defaults.
+
+The CLI exports flags into the environment (`ARTIFACT_PROXY_*`) before uvicorn starts, so every worker process builds
+the same `Settings()` from its environment. MLflow's own variable names are accepted where MLflow users already set
+them (`MLFLOW_ARTIFACTS_DESTINATION`, `MLFLOW_STATIC_PREFIX`, ...).
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev"}
+
+
+def _env(name: str, *mlflow_names: str) -> AliasChoices:
+    return AliasChoices(f"ARTIFACT_PROXY_{name.upper()}", *mlflow_names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+
+    artifacts_destination: str = Field(
+        "./mlartifacts", validation_alias=_env("artifacts_destination", "MLFLOW_ARTIFACTS_DESTINATION")
+    )
+    host: str = Field("127.0.0.1", validation_alias=_env("host", "MLFLOW_HOST"))
+    port: int = Field(5000, validation_alias=_env("port", "MLFLOW_PORT"))
+    workers: int | None = Field(None, validation_alias=_env("workers", "MLFLOW_WORKERS"))
+    static_prefix: str = Field("", validation_alias=_env("static_prefix", "MLFLOW_STATIC_PREFIX"))
+    log_level: str = Field("info", validation_alias=_env("log_level"))
+    access_log: bool = Field(True, validation_alias=_env("access_log"))
+    development: bool = Field(False, validation_alias=_env("development"))
+
+    # Uploads: bytes per write/thread hop, fsync before the atomic rename, and an optional size limit (413).
+    upload_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("upload_chunk_size"))
+    download_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("download_chunk_size"))
+    fsync_uploads: bool = Field(True, validation_alias=_env("fsync_uploads"))
+    max_upload_size: int | None = Field(None, ge=0, validation_alias=_env("max_upload_size"))
+
+    # Multipart and presigned URLs.
+    enable_multipart: bool = Field(True, validation_alias=_env("enable_multipart"))
+    enable_presigned_download: bool = Field(True, validation_alias=_env("enable_presigned_download"))
+    multipart_url_ttl: int = Field(3600, ge=60, validation_alias=_env("multipart_url_ttl"))
+    presigned_download_ttl: int = Field(
+        300, ge=1, validation_alias=_env("presigned_download_ttl", "MLFLOW_PRESIGNED_DOWNLOAD_URL_TTL_SECONDS")
+    )
+    signing_secret: str = Field("", validation_alias=_env("signing_secret"))
+    public_url: str | None = Field(None, validation_alias=_env("public_url"))
+    presigned_only_min_size: int | None = Field(None, ge=0, validation_alias=_env("presigned_only_min_size"))
+
+    # Object stores.
+    storage_timeout: float = Field(
+        120.0, gt=0, validation_alias=_env("storage_timeout", "MLFLOW_ARTIFACT_UPLOAD_DOWNLOAD_TIMEOUT")
+    )
+
+    @field_validator("static_prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("--static-prefix must start with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        if self.signing_secret and self.signing_secret in PLACEHOLDER_SECRETS and not self.development:
+            raise ValueError("ARTIFACT_PROXY_SIGNING_SECRET is a placeholder; set a real secret")
+        return self
+
+    @property
+    def api_prefixes(self) -> list[str]:
+        return [f"{self.static_prefix}/api/2.0/mlflow-artifacts", f"{self.static_prefix}/ajax-api/2.0/mlflow-artifacts"]
+
+    @property
+    def server_info_paths(self) -> list[str]:
+        return [f"{self.static_prefix}/api/3.0/mlflow/server-info", f"{self.static_prefix}/ajax-api/3.0/mlflow/server-info"]

@@ -1,0 +1,124 @@
+"""The storage interface every backend implements.
+
+Paths handed to a store are always `ArtifactPath`s from `app.paths`: relative, canonical, validated. A store maps them
+to its own namespace (a directory, a key prefix) and never parses them as URIs.
+
+Semantics every backend honours:
+- `write` is atomic: no reader ever observes a partial object; on any failure (including the source iterator
+  raising because the client went away) nothing new is visible and the previous version is intact.
+- `list` is one level deep with basenames, never returns the listed path itself, and hides in-progress uploads.
+- `delete` removes a file or a whole prefix and is idempotent (a missing path is not an error).
+- `open_read` raises `ArtifactNotFound` for a missing object and `IsADirectoryArtifact` for a directory/prefix.
+
+Optional capabilities are separate protocols (`MultipartUploads`, `PresignedDownloads`); `supports_*` below is the one
+check that drives both `server-info` and the 501 answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from app.paths import ArtifactPath
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    size: int
+    etag: str | None = None  # quoted, as sent in an ETag header
+    last_modified: float | None = None  # POSIX seconds
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str  # basename
+    is_dir: bool
+    file_size: int | None = None
+
+
+class ReadHandle(Protocol):
+    """An opened object: its metadata, and its bytes streamed in bounded chunks."""
+
+    meta: ObjectMeta
+
+    def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes [start, end) in bounded chunks."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PartCredential:
+    url: str
+    part_number: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedMultipartUpload:
+    upload_id: str | None  # omitted on the wire when None (Azure)
+    credentials: list[PartCredential]
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedPart:
+    part_number: int
+    etag: str
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedUrl:
+    url: str
+    headers: dict[str, str]
+    file_size: int | None
+
+
+class ArtifactStore(Protocol):
+    """The small async core every destination provides."""
+
+    async def start(self) -> None:
+        """Open shared clients; called once per process in the app's lifespan."""
+
+    async def close(self) -> None:
+        """Close shared clients; called once at shutdown."""
+
+    async def check_ready(self) -> None:
+        """Raise an `ArtifactProxyError` when the store cannot currently serve requests."""
+
+    async def open_read(self, path: ArtifactPath) -> ReadHandle: ...
+
+    async def write(self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None) -> None:
+        """Store the bytes of `chunks` at `path` atomically; `size` is the announced length when known."""
+
+    async def list(self, path: ArtifactPath) -> list[FileInfo]: ...
+
+    async def delete(self, path: ArtifactPath) -> None: ...
+
+
+@runtime_checkable
+class MultipartUploads(Protocol):
+    """Presigned multipart: the client sends parts straight to storage with URLs the service signs."""
+
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload: ...
+
+    async def complete_multipart_upload(
+        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
+    ) -> None: ...
+
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None: ...
+
+
+@runtime_checkable
+class PresignedDownloads(Protocol):
+    async def presign_download(self, path: ArtifactPath) -> PresignedUrl: ...
+
+
+def supports_multipart_upload(store: object) -> bool:
+    return isinstance(store, MultipartUploads) and getattr(store, "multipart_enabled", True)
+
+
+def supports_presigned_download(store: object) -> bool:
+    return isinstance(store, PresignedDownloads) and getattr(store, "presigned_download_enabled", True)

@@ -1,0 +1,298 @@
+"""Local directory backend (the embedded default, and NFS mounts).
+
+Every filesystem step of an operation runs in one thread hop (`anyio.to_thread.run_sync`): path resolution, the
+containment check, open/stat/scandir. Uploads write `.artifact.uploading.<random>` beside the target, fsync, and
+`os.replace` into place, so readers see the old version or the complete new one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import anyio.to_thread
+
+from app.errors import ArtifactNotFound, InvalidParameter, InvalidPath, IsADirectoryArtifact, PathOutsideRoot
+from app.paths import TEMP_PREFIX, ArtifactPath
+from app.settings import Settings
+from app.storage.base import FileInfo, ObjectMeta
+
+logger = logging.getLogger("artifact_proxy.storage.local")
+
+# Files up to this size are read in the same thread hop that opens them: one hop per small GET.
+PREFETCH_LIMIT = 256 * 1024
+
+
+def local_root(uri: str) -> Path:
+    if uri.startswith("file:"):
+        parts = urlsplit(uri)
+        return Path(unquote(parts.path))
+    return Path(uri)
+
+
+class LocalReadHandle:
+    def __init__(self, fd: int, meta: ObjectMeta, prefetched: bytes | None, chunk_size: int) -> None:
+        self.meta = meta
+        self._fd = fd
+        self._prefetched = prefetched
+        self._chunk_size = chunk_size
+
+    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        if self._prefetched is not None:
+            if end > start:
+                yield self._prefetched[start:end]
+            return
+        offset = start
+        while offset < end:
+            chunk = await anyio.to_thread.run_sync(os.pread, self._fd, min(self._chunk_size, end - offset), offset)
+            if not chunk:  # truncated underneath us: stop rather than spin
+                return
+            offset += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+def _meta_from_stat(st: os.stat_result) -> ObjectMeta:
+    etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+    return ObjectMeta(size=st.st_size, etag=etag, last_modified=st.st_mtime)
+
+
+class LocalStore:
+    """Artifacts as files under a root directory."""
+
+    multipart_enabled = False
+    presigned_download_enabled = False
+
+    def __init__(self, uri: str, settings: Settings) -> None:
+        self.root = local_root(uri).expanduser().absolute()
+        self.settings = settings
+        self._real_root = ""
+
+    # lifecycle -------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self._prepare_root)
+
+    def _prepare_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = os.path.realpath(self.root)
+        # Only stale temp files are swept here: with several workers, a young one may belong to a live upload in
+        # a sibling process. The CLI sweeps everything once before any worker starts.
+        sweep_temp_files(self._real_root, older_than=3600)
+
+    async def close(self) -> None:
+        return None
+
+    async def check_ready(self) -> None:
+        ok = await anyio.to_thread.run_sync(os.access, self._real_root, os.W_OK | os.X_OK)
+        if not ok:
+            raise InvalidParameter(f"artifact directory {self.root} is not writable")
+
+    # path resolution -----------------------------------------------------------------------------------------------
+    def _resolve(self, path: ArtifactPath) -> str:
+        """The real path for `path`, refusing anything (symlinks included) that resolves outside the root."""
+        target = os.path.realpath(os.path.join(self._real_root, path.canonical))
+        if target != self._real_root and not target.startswith(self._real_root + os.sep):
+            raise PathOutsideRoot()
+        return target
+
+    # read ---------------------------------------------------------------------------------------------------------
+    async def open_read(self, path: ArtifactPath) -> LocalReadHandle:
+        return await anyio.to_thread.run_sync(self._open_read, path)
+
+    def _open_read(self, path: ArtifactPath) -> LocalReadHandle:
+        target = self._resolve(path)
+        try:
+            fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError as exc:
+            raise ArtifactNotFound(path.canonical) from exc
+        except NotADirectoryError as exc:
+            raise ArtifactNotFound(path.canonical) from exc
+        except IsADirectoryError as exc:
+            raise IsADirectoryArtifact(path.canonical) from exc
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryArtifact(path.canonical)
+            if not stat.S_ISREG(st.st_mode):
+                raise ArtifactNotFound(path.canonical)
+            prefetched = os.pread(fd, st.st_size, 0) if st.st_size <= PREFETCH_LIMIT else None
+        except BaseException:
+            os.close(fd)
+            raise
+        return LocalReadHandle(fd, _meta_from_stat(st), prefetched, self.settings.download_chunk_size)
+
+    # write --------------------------------------------------------------------------------------------------------
+    async def write(self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None) -> None:
+        block = self.settings.upload_chunk_size
+        buffer = bytearray()
+        fd, temp, target = -1, "", ""
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                if len(buffer) < block:
+                    continue
+                if fd < 0:
+                    fd, temp, target = await anyio.to_thread.run_sync(self._open_temp, path)
+                data, buffer = bytes(buffer), bytearray()
+                await anyio.to_thread.run_sync(_write_all, fd, data)
+            if fd < 0:  # small body: prepare, write, sync and rename in a single thread hop
+                await anyio.to_thread.run_sync(self._write_small, path, bytes(buffer))
+                return
+            # _commit owns the descriptor from here: it closes it, or discards it on failure.
+            owned, fd = fd, -1
+            await anyio.to_thread.run_sync(self._commit, owned, temp, target, bytes(buffer))
+        except BaseException:
+            if fd >= 0:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_discard, fd, temp)
+            raise
+
+    def _prepare_target(self, path: ArtifactPath) -> tuple[str, str]:
+        parent_path = ArtifactPath(path.canonical.rpartition("/")[0])
+        parent = self._resolve(parent_path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise InvalidParameter(f"Cannot write '{path.canonical}': a parent path is a file") from exc
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidPath() from exc
+            raise
+        parent = self._resolve(parent_path)  # re-check: a concurrent symlink swap must not redirect the write
+        target = os.path.join(parent, path.basename)
+        if os.path.realpath(target) != target and os.path.lexists(target):
+            # The target itself is a symlink: replacing it would be allowed by os.replace, but reads through it
+            # were refused, so writes are too.
+            self._resolve(path)
+        if os.path.isdir(target):
+            raise InvalidParameter(f"Cannot write '{path.canonical}': it is a directory")
+        return parent, target
+
+    def _open_temp(self, path: ArtifactPath) -> tuple[int, str, str]:
+        parent, target = self._prepare_target(path)
+        temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        return fd, temp, target
+
+    def _commit(self, fd: int, temp: str, target: str, tail: bytes) -> None:
+        try:
+            _write_all(fd, tail)
+            if self.settings.fsync_uploads:
+                os.fsync(fd)
+        except BaseException:
+            _discard(fd, temp)
+            raise
+        os.close(fd)
+        try:
+            os.replace(temp, target)
+        except OSError:
+            _unlink_quietly(temp)
+            raise
+
+    def _write_small(self, path: ArtifactPath, data: bytes) -> None:
+        fd, temp, target = self._open_temp(path)
+        self._commit(fd, temp, target, data)
+
+    # list ---------------------------------------------------------------------------------------------------------
+    async def list(self, path: ArtifactPath) -> list[FileInfo]:
+        return await anyio.to_thread.run_sync(self._list, path)
+
+    def _list(self, path: ArtifactPath) -> list[FileInfo]:
+        target = self._resolve(path)
+        infos: list[FileInfo] = []
+        try:
+            with os.scandir(target) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIX):
+                        continue
+                    info = self._entry_info(entry)
+                    if info is not None:
+                        infos.append(info)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        infos.sort(key=lambda info: info.path)
+        return infos
+
+    def _entry_info(self, entry: os.DirEntry[str]) -> FileInfo | None:
+        try:
+            if entry.is_symlink():
+                # A link is listed only if it stays inside the root; a link out of it is invisible.
+                self._resolve(ArtifactPath(os.path.relpath(entry.path, self._real_root)))
+            if entry.is_dir():
+                return FileInfo(entry.name, True)
+            return FileInfo(entry.name, False, entry.stat().st_size)
+        except (PathOutsideRoot, OSError):
+            return None
+
+    # delete -------------------------------------------------------------------------------------------------------
+    async def delete(self, path: ArtifactPath) -> None:
+        if path.is_root:
+            raise InvalidParameter("Refusing to delete the artifact root")
+        await anyio.to_thread.run_sync(self._delete, path)
+
+    def _delete(self, path: ArtifactPath) -> None:
+        target = self._resolve(path)
+        if target == self._real_root:
+            raise InvalidParameter("Refusing to delete the artifact root")
+        try:
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            else:
+                os.unlink(target)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _discard(fd: int, temp: str) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    _unlink_quietly(temp)
+
+
+def sweep_temp_files(root: str, older_than: float = 0.0) -> int:
+    """Remove leftover `.artifact.uploading.*` files (a crash mid-upload); returns how many were removed."""
+    removed = 0
+    cutoff = time.time() - older_than
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                if older_than and os.lstat(full).st_mtime > cutoff:
+                    continue
+                os.unlink(full)
+                removed += 1
+            except OSError:
+                continue
+    if removed:
+        logger.info("removed %d leftover temporary upload file(s) under %s", removed, root)
+    return removed

@@ -1,0 +1,74 @@
+"""Shared fixtures: real storage servers and the real service, over real sockets.
+
+The contract suite is parametrized over every backend: `proxy` starts (once per backend per session) the storage
+server and the service in front of it. A server that cannot start is a test failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import StorageServer
+from tests.utils.proxy import Proxy, running_proxy
+
+
+@contextmanager
+def local_server(tmp_dir: Path) -> Iterator[StorageServer]:
+    root = tmp_dir / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    yield StorageServer(name="local", destination=str(root))
+
+
+def _backend_factories() -> dict[str, Callable[[Path], AbstractContextManager[StorageServer]]]:
+    factories: dict[str, Callable[[Path], AbstractContextManager[StorageServer]]] = {"local": local_server}
+    return factories
+
+
+BACKENDS = list(_backend_factories())
+
+
+@pytest.fixture(scope="session")
+def storage_server_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], StorageServer]]:
+    """Start each storage server at most once per session, on first use."""
+    started: dict[str, StorageServer] = {}
+    with ExitStack() as stack:
+
+        def get(name: str) -> StorageServer:
+            if name not in started:
+                factory = _backend_factories()[name]
+                started[name] = stack.enter_context(factory(tmp_path_factory.mktemp(f"store-{name}")))
+            return started[name]
+
+        yield get
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def proxy(
+    backend: str, storage_server_for: Callable[[str], StorageServer], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    server = storage_server_for(backend)
+    with running_proxy(server.destination, tmp_path_factory.mktemp(f"proxy-{backend}"), env=server.env) as running:
+        yield running
+
+
+@pytest.fixture
+def http(proxy: Proxy) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=proxy.api, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh directory per test, so tests sharing one store never see each other's files."""
+    return f"t-{uuid.uuid4().hex[:12]}"
