@@ -1,0 +1,67 @@
+"""The path pipeline (wire spec §6.1) as a pure function: canonical forms and rejections."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import InvalidParameter, InvalidPath
+from app.paths import canonical_path, file_path, multipart_target
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("", ""),
+        (".", ""),
+        ("a/b.txt", "a/b.txt"),
+        ("a//b.txt", "a/b.txt"),
+        ("a/./b.txt", "a/b.txt"),
+        ("up//etc/passwd", "up/etc/passwd"),
+        ("a%20b.txt", "a b.txt"),
+        ("ok%3Fx=1.txt", "ok?x=1.txt"),
+        ("..;/secret", "..;/secret"),
+        ("..\u2215secret", "..\u2215secret"),
+        ("up/file:x", "up/file:x"),
+        ("1/abc/artifacts/", "1/abc/artifacts"),
+    ],
+)
+def test_canonical_forms(raw: str, canonical: str) -> None:
+    assert canonical_path(raw).canonical == canonical
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["../x", "a/../../x", "..", "%2e%2e/x", "..%2fx", "%252e%252e%252fx", "/etc/passwd", "file:///etc/passwd",
+     "C:/x", "C:\\x", "\\\\server\\share", "ok.txt#frag", "ok\x00.txt", "ok\n.txt", "a\x7fb", "%c0%ae%c0%ae/x",
+     ".artifact.uploading.x", "d/.artifact.uploading.y", "x" * 256, "%" + "25" * 11 + "2e"],
+)
+def test_rejections(raw: str) -> None:
+    with pytest.raises(InvalidPath):
+        canonical_path(raw)
+
+
+def test_segment_of_255_bytes_is_fine() -> None:
+    assert canonical_path("é" * 127 + "x").canonical
+
+
+@pytest.mark.parametrize("raw", ["", "dir/", "/", "."])
+def test_file_path_needs_a_filename(raw: str) -> None:
+    with pytest.raises(InvalidParameter):
+        file_path(raw)
+
+
+@pytest.mark.parametrize(
+    ("directory", "body_path", "key"),
+    [("1/r/artifacts", "/data/run/model.bin", "1/r/artifacts/model.bin"),
+     ("", "model.bin", "model.bin"),
+     ("d", "C:\\Users\\me\\model.bin", "d/model.bin"),
+     ("d", "../../x.bin", "d/x.bin")],
+)
+def test_multipart_target_uses_only_the_basename(directory: str, body_path: str, key: str) -> None:
+    assert multipart_target(directory, body_path).canonical == key
+
+
+@pytest.mark.parametrize("body_path", ["", None, "..", "dir/", "/etc/..", "a\x00b", ".artifact.uploading.z", "%2e%2e"])
+def test_multipart_target_rejects_bad_basenames(body_path: str | None) -> None:
+    with pytest.raises(InvalidParameter):
+        multipart_target("d", body_path)
