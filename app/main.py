@@ -20,7 +20,7 @@ from app.errors import (
     handle_validation_error,
 )
 from app.middleware import SecurityHeadersMiddleware
-from app.routes import artifacts, meta, multipart
+from app.routes import artifacts, meta, multipart, signed
 from app.settings import Settings
 from app.storage import open_store
 
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in settings.api_prefixes:
         app.router.routes.extend(artifacts.routes(prefix))
         app.router.routes.extend(multipart.routes(prefix))
+        app.router.routes.extend(signed.routes(prefix))
     app.router.routes.extend(meta.routes(settings))
     app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -63,8 +63,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:
-        if self.signing_secret and self.signing_secret in PLACEHOLDER_SECRETS and not self.development:
-            raise ValueError("ARTIFACT_PROXY_SIGNING_SECRET is a placeholder; set a real secret")
+        weak = self.signing_secret.lower() in PLACEHOLDER_SECRETS or len(self.signing_secret) < 16
+        if self.signing_secret and weak and not self.development:
+            raise ValueError(
+                "ARTIFACT_PROXY_SIGNING_SECRET is a placeholder or shorter than 16 characters; "
+                "set a long random secret (e.g. `openssl rand -hex 32`), the same on every replica"
+            )
         return self
 
     @property

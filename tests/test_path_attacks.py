@@ -121,11 +121,7 @@ def test_attack_is_refused_and_nothing_outside_changes(
     before = snapshot(base)
     method, target, body = VERBS[verb](payload)
     status, content = send(proxy, method, target, body)
-    if verb in ("MPU-CREATE", "MPU-COMPLETE", "MPU-ABORT", "PRESIGNED") and "link" in payload:
-        # The local store resolves symlinks only when it acts; with presigning off it never acts, so 501 is safe.
-        assert status in (400, 501), (status, content)
-    else:
-        assert status == 400, (status, content)
+    assert status == 400, (status, content)
     if content and status == 400:
         assert json.loads(content)["error_code"] == "INVALID_PARAMETER_VALUE"
     assert SECRET not in content

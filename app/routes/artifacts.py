@@ -58,7 +58,10 @@ class ReadHandleResponse(Response):
 
 
 async def download(request: Request) -> Response:
-    path = canonical_path(request.path_params["path"])
+    return await serve_download(request, canonical_path(request.path_params["path"]))
+
+
+async def serve_download(request: Request, path: ArtifactPath) -> Response:
     handle = await store_of(request).open_read(path)
     try:
         status, headers, byte_range = _plan_download(request, path, handle.meta)

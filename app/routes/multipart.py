@@ -17,6 +17,7 @@ from starlette.routing import Route
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
 from app.paths import ArtifactPath, canonical_path, multipart_target
 from app.routes.artifacts import EMPTY_JSON, store_of
+from app.signing import current_base_url
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
 from app.storage.base import (
     CompletedPart,
@@ -30,7 +31,14 @@ MAX_PARTS = 10_000
 M = TypeVar("M", bound=BaseModel)
 
 
+def _remember_base_url(request: Request) -> None:
+    """Self-signed URLs point back at the address the client used (or the configured public URL)."""
+    settings = request.app.state.settings
+    current_base_url.set(settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/"))
+
+
 def _multipart_store(request: Request) -> MultipartUploads:
+    _remember_base_url(request)
     store = store_of(request)
     if not supports_multipart_upload(store):
         raise MultipartUploadUnsupported()
@@ -107,6 +115,7 @@ async def abort_upload(request: Request) -> Response:
 
 async def presigned_download(request: Request) -> Response:
     path = canonical_path(request.path_params.get("path", ""))
+    _remember_base_url(request)
     store = store_of(request)
     if not supports_presigned_download(store):
         raise PresignedDownloadUnsupported()

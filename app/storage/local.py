@@ -23,7 +23,9 @@ import anyio.to_thread
 from app.errors import ArtifactNotFound, InvalidParameter, InvalidPath, IsADirectoryArtifact, PathOutsideRoot
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
+from app.signing import UrlSigner
 from app.storage.base import FileInfo, ObjectMeta
+from app.storage.local_multipart import LocalPresigning, sweep_expired_staging
 
 logger = logging.getLogger("artifact_proxy.storage.local")
 
@@ -69,16 +71,17 @@ def _meta_from_stat(st: os.stat_result) -> ObjectMeta:
     return ObjectMeta(size=st.st_size, etag=etag, last_modified=st.st_mtime)
 
 
-class LocalStore:
+class LocalStore(LocalPresigning):
     """Artifacts as files under a root directory."""
-
-    multipart_enabled = False
-    presigned_download_enabled = False
 
     def __init__(self, uri: str, settings: Settings) -> None:
         self.root = local_root(uri).expanduser().absolute()
         self.settings = settings
         self._real_root = ""
+        # Presigning needs a secret shared by every worker; without one the capability is off (501, server-info).
+        self.signer = UrlSigner(settings.signing_secret) if settings.signing_secret else None
+        self.multipart_enabled = self.signer is not None and settings.enable_multipart
+        self.presigned_download_enabled = self.signer is not None and settings.enable_presigned_download
 
     # lifecycle -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,6 +93,7 @@ class LocalStore:
         # Only stale temp files are swept here: with several workers, a young one may belong to a live upload in
         # a sibling process. The CLI sweeps everything once before any worker starts.
         sweep_temp_files(self._real_root, older_than=3600)
+        sweep_expired_staging(self._real_root, max_age=2 * self.settings.multipart_url_ttl)
 
     async def close(self) -> None:
         return None
@@ -135,29 +139,37 @@ class LocalStore:
 
     # write --------------------------------------------------------------------------------------------------------
     async def write(self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None) -> None:
+        iterator = aiter(chunks)
+        head = bytearray()
+        async for chunk in iterator:  # buffer the first block: a small body costs a single thread hop
+            head += chunk
+            if len(head) >= self.settings.upload_chunk_size:
+                break
+        else:
+            await anyio.to_thread.run_sync(self._write_small, path, bytes(head))
+            return
+        fd, temp, target = await anyio.to_thread.run_sync(self._open_temp, path)
+        try:
+            await anyio.to_thread.run_sync(_write_all, fd, bytes(head))
+            await self._stream_to_fd(fd, iterator)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_discard, fd, temp)
+            raise
+        # _commit owns the descriptor from here: it closes it, or discards it on failure.
+        await anyio.to_thread.run_sync(self._commit, fd, temp, target, b"")
+
+    async def _stream_to_fd(self, fd: int, chunks: AsyncIterator[bytes]) -> None:
+        """Write a byte stream to `fd`, one thread hop per `upload_chunk_size` bytes."""
         block = self.settings.upload_chunk_size
         buffer = bytearray()
-        fd, temp, target = -1, "", ""
-        try:
-            async for chunk in chunks:
-                buffer += chunk
-                if len(buffer) < block:
-                    continue
-                if fd < 0:
-                    fd, temp, target = await anyio.to_thread.run_sync(self._open_temp, path)
+        async for chunk in chunks:
+            buffer += chunk
+            if len(buffer) >= block:
                 data, buffer = bytes(buffer), bytearray()
                 await anyio.to_thread.run_sync(_write_all, fd, data)
-            if fd < 0:  # small body: prepare, write, sync and rename in a single thread hop
-                await anyio.to_thread.run_sync(self._write_small, path, bytes(buffer))
-                return
-            # _commit owns the descriptor from here: it closes it, or discards it on failure.
-            owned, fd = fd, -1
-            await anyio.to_thread.run_sync(self._commit, owned, temp, target, bytes(buffer))
-        except BaseException:
-            if fd >= 0:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_discard, fd, temp)
-            raise
+        if buffer:
+            await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
 
     def _prepare_target(self, path: ArtifactPath) -> tuple[str, str]:
         parent_path = ArtifactPath(path.canonical.rpartition("/")[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +42,8 @@ def running_proxy(
     log_path = work_dir / f"proxy-{port}.log"
     args = [sys.executable, "-m", "app", "server", "--artifacts-destination", destination, "--host", "127.0.0.1",
             "--port", str(port), "--workers", str(workers), *(extra_args or [])]
-    process = start_process(args, log_path, env={"ARTIFACT_PROXY_DEVELOPMENT": "true", **(env or {})}, cwd=work_dir)
+    base_env = {"ARTIFACT_PROXY_SIGNING_SECRET": secrets.token_hex(16)}
+    process = start_process(args, log_path, env={**base_env, **(env or {})}, cwd=work_dir)
     url = f"http://127.0.0.1:{port}"
     try:
         prefix = next((a.split("=", 1)[1] for a in (extra_args or []) if a.startswith("--static-prefix=")), "")

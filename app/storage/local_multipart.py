@@ -1,0 +1,208 @@
+"""Presigned multipart uploads and presigned downloads for the local directory.
+
+The service signs its own expiring URLs (`app.signing`) that point back at itself. Parts are staged out of sight in
+`<root>/.artifact.uploading.mpu/<upload_id>/` (the reserved prefix: never listed, never addressable by clients);
+complete concatenates them into a temp file beside the target and renames it into place atomically; abort and
+expiry remove the staging directory. An upload id is bound to its key by a `target` file in its staging directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import anyio.to_thread
+
+from app.errors import ArtifactNotFound, InvalidParameter, ResourceNotFound
+from app.paths import TEMP_PREFIX, ArtifactPath
+from app.signing import UrlSigner, current_base_url
+from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
+
+if TYPE_CHECKING:
+    from app.storage.local import LocalStore
+
+STAGING_DIR = f"{TEMP_PREFIX}mpu"
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+PART_ROUTE = "presigned-parts"
+DOWNLOAD_ROUTE = "signed-artifacts"
+
+
+def part_etag(st: os.stat_result) -> str:
+    return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+class LocalPresigning:
+    """Mixed into LocalStore: the MultipartUploads and PresignedDownloads capabilities."""
+
+    signer: UrlSigner | None
+
+    def _staging(self: LocalStore, upload_id: str | None) -> str:
+        if not upload_id or not _UPLOAD_ID.match(upload_id):
+            raise ResourceNotFound(f"No such multipart upload: {upload_id!r}")
+        return os.path.join(self._real_root, STAGING_DIR, upload_id)
+
+    def _api_base(self: LocalStore) -> str:
+        return f"{current_base_url.get()}{self.settings.api_prefixes[0]}"
+
+    # create -------------------------------------------------------------------------------------------------------
+    async def create_multipart_upload(self: LocalStore, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        assert self.signer is not None
+        upload_id = uuid.uuid4().hex
+        await anyio.to_thread.run_sync(self._create_staging, path, upload_id)
+        base, ttl = self._api_base(), self.settings.multipart_url_ttl
+        credentials = [
+            PartCredential(
+                url=f"{base}/{PART_ROUTE}/{upload_id}/{n}?{self.signer.query('part', (upload_id, str(n)), ttl)}",
+                part_number=n,
+            )
+            for n in range(1, num_parts + 1)
+        ]
+        return CreatedMultipartUpload(upload_id=upload_id, credentials=credentials)
+
+    def _create_staging(self: LocalStore, path: ArtifactPath, upload_id: str) -> None:
+        self._prepare_target(path)  # fail now (400) on a directory, a file parent or a link out of the root
+        staging = self._staging(upload_id)
+        os.makedirs(staging)
+        with open(os.path.join(staging, "target"), "w", encoding="utf-8") as handle:
+            handle.write(path.canonical)
+
+    # parts --------------------------------------------------------------------------------------------------------
+    async def write_part(self: LocalStore, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
+        staging = self._staging(upload_id)
+        final = os.path.join(staging, f"part-{part_number:05d}")
+        fd, temp = await anyio.to_thread.run_sync(self._open_part, staging)
+        try:
+            await self._stream_to_fd(fd, chunks)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close_and_unlink, fd, temp)
+            raise
+        return await anyio.to_thread.run_sync(_finish_part, fd, temp, final)
+
+    def _open_part(self: LocalStore, staging: str) -> tuple[int, str]:
+        if not os.path.isdir(staging):
+            raise ResourceNotFound("No such multipart upload (completed, aborted or expired)")
+        temp = os.path.join(staging, f"{uuid.uuid4().hex}.tmp")
+        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), temp
+
+    # complete / abort ---------------------------------------------------------------------------------------------
+    async def complete_multipart_upload(
+        self: LocalStore, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
+    ) -> None:
+        await anyio.to_thread.run_sync(self._assemble, path, upload_id, parts)
+
+    def _assemble(self: LocalStore, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]) -> None:
+        self._resolve(path)  # containment first, so a link out of the root is a 400 whatever the upload id
+        staging = self._staging(upload_id)
+        if not os.path.isdir(staging):
+            if os.path.isfile(self._resolve(path)):
+                return  # a retried complete whose first attempt succeeded
+            raise ResourceNotFound("No such multipart upload (completed, aborted or expired)")
+        _check_bound(staging, path)
+        sources = _checked_parts(staging, parts)
+        fd, temp, target = self._open_temp(path)
+        try:
+            for source in sources:
+                _append_file(fd, source)
+        except BaseException:
+            _close_and_unlink(fd, temp)
+            raise
+        self._commit(fd, temp, target, b"")
+        shutil.rmtree(staging, ignore_errors=True)
+
+    async def abort_multipart_upload(self: LocalStore, path: ArtifactPath, upload_id: str | None) -> None:
+        await anyio.to_thread.run_sync(self._abort, path, upload_id)
+
+    def _abort(self: LocalStore, path: ArtifactPath, upload_id: str | None) -> None:
+        self._resolve(path)
+        staging = self._staging(upload_id)
+        if not os.path.isdir(staging):
+            return  # idempotent: already completed, aborted or expired
+        _check_bound(staging, path)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    # presigned download -------------------------------------------------------------------------------------------
+    async def presign_download(self: LocalStore, path: ArtifactPath) -> PresignedUrl:
+        assert self.signer is not None
+        handle = await self.open_read(path)
+        await handle.aclose()
+        query = self.signer.query("download", (path.canonical,), self.settings.presigned_download_ttl)
+        url = f"{self._api_base()}/{DOWNLOAD_ROUTE}/{quote(path.canonical)}?{query}"
+        return PresignedUrl(url=url, headers={}, file_size=handle.meta.size)
+
+
+def _check_bound(staging: str, path: ArtifactPath) -> None:
+    try:
+        with open(os.path.join(staging, "target"), encoding="utf-8") as handle:
+            bound = handle.read()
+    except FileNotFoundError as exc:
+        raise ResourceNotFound("No such multipart upload") from exc
+    if bound != path.canonical:
+        raise ResourceNotFound(f"No multipart upload with this id for '{path.canonical}'")
+
+
+def _checked_parts(staging: str, parts: list[CompletedPart]) -> list[str]:
+    numbers = [part.part_number for part in parts]
+    if numbers != list(range(1, len(parts) + 1)):
+        raise InvalidParameter("Parts must be numbered 1..N with none missing or repeated")
+    sources = []
+    for part in parts:
+        source = os.path.join(staging, f"part-{part.part_number:05d}")
+        try:
+            st = os.stat(source)
+        except FileNotFoundError as exc:
+            raise InvalidParameter(f"Part {part.part_number} was never uploaded") from exc
+        if part.etag and part.etag != part_etag(st):
+            raise InvalidParameter(f"Part {part.part_number} does not match its ETag")
+        sources.append(source)
+    return sources
+
+
+def _append_file(fd: int, source: str) -> None:
+    with open(source, "rb") as handle:
+        remaining = os.fstat(handle.fileno()).st_size
+        try:
+            while remaining > 0:  # in-kernel copy: no bytes through Python
+                copied = os.copy_file_range(handle.fileno(), fd, remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+        except OSError:
+            pass  # unsupported on this filesystem: finish with a plain copy from the current offsets
+        while chunk := handle.read(1024 * 1024):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+
+
+def _finish_part(fd: int, temp: str, final: str) -> str:
+    os.close(fd)
+    os.replace(temp, final)  # a re-sent part replaces the earlier attempt whole
+    return part_etag(os.stat(final))
+
+
+def _close_and_unlink(fd: int, temp: str) -> None:
+    try:
+        os.close(fd)
+    finally:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+
+
+def sweep_expired_staging(real_root: str, max_age: float) -> None:
+    """Remove staging directories of uploads nobody completed before their part URLs expired."""
+    base = os.path.join(real_root, STAGING_DIR)
+    if not os.path.isdir(base):
+        return
+    cutoff = time.time() - max_age
+    for entry in os.scandir(base):
+        if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry.path, ignore_errors=True)

@@ -1,0 +1,75 @@
+"""Self-signed URLs on the local destination: expiry, the secret's rules, and staging cleanup."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.servers import free_port
+from tests.utils.proxy import running_proxy
+
+
+def test_expired_urls_are_refused(tmp_path: Path) -> None:
+    env = {"ARTIFACT_PROXY_PRESIGNED_DOWNLOAD_TTL": "1"}
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
+        httpx.put(proxy.artifact_url("f.txt"), content=b"fresh").raise_for_status()
+        signed = httpx.get(f"{proxy.api}/presigned/f.txt").json()
+        assert httpx.get(signed["url"]).content == b"fresh"
+        time.sleep(2.1)
+        expired = httpx.get(signed["url"])
+        assert expired.status_code == 403
+        assert expired.json() == {"error_code": "PERMISSION_DENIED", "message": "This URL has expired"}
+
+
+def test_without_a_secret_presigning_is_off_and_says_so(tmp_path: Path) -> None:
+    env = {"ARTIFACT_PROXY_SIGNING_SECRET": ""}
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
+        info = httpx.get(f"{proxy.url}/api/3.0/mlflow/server-info").json()
+        assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (False, False)
+        create = httpx.post(f"{proxy.api}/mpu/create/d", json={"path": "x.bin", "num_parts": 1})
+        assert create.status_code == 501
+        assert create.json() == {
+            "error_code": "NOT_IMPLEMENTED",
+            "message": "Multipart upload is not supported for the current artifact repository",
+        }
+        presigned = httpx.get(f"{proxy.api}/presigned/x.bin")
+        assert presigned.status_code == 501
+        assert presigned.json()["message"].startswith("Multipart download is not supported")
+
+
+def test_placeholder_secret_is_refused_at_startup(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "server", "--port", str(free_port()), "--artifacts-destination", str(tmp_path)],
+        env={"PATH": "/usr/bin:/bin", "ARTIFACT_PROXY_SIGNING_SECRET": "changethis"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ARTIFACT_PROXY_SIGNING_SECRET is a placeholder" in result.stderr
+
+
+def test_staging_is_invisible_and_removed_after_complete(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with running_proxy(str(root), tmp_path / "proxy") as proxy:
+        created = httpx.post(f"{proxy.api}/mpu/create/d", json={"path": "m.bin", "num_parts": 2}).json()
+        etags = []
+        for cred, data in zip(created["credentials"], [b"a" * 1000, b"b" * 10]):
+            etags.append(httpx.put(cred["url"], content=data).headers["etag"])
+        assert httpx.get(f"{proxy.api}/artifacts", params={"path": "d"}).json() == {}
+        assert [f["path"] for f in httpx.get(f"{proxy.api}/artifacts").json()["files"]] == ["d"]
+        parts = [{"part_number": i + 1, "etag": e} for i, e in enumerate(etags)]
+        # A part list that does not match what was uploaded is refused and nothing appears.
+        bad = httpx.post(f"{proxy.api}/mpu/complete/d", json={"path": "m.bin", "upload_id": created["upload_id"],
+                                                               "parts": [{"part_number": 1, "etag": '"x"'}, parts[1]]})
+        assert bad.status_code == 400
+        assert not (root / "d" / "m.bin").exists()
+        done = httpx.post(f"{proxy.api}/mpu/complete/d", json={"path": "m.bin", "upload_id": created["upload_id"],
+                                                                "parts": parts})
+        assert done.status_code == 200
+        assert (root / "d" / "m.bin").read_bytes() == b"a" * 1000 + b"b" * 10
+        assert list((root / ".artifact.uploading.mpu").iterdir()) == []
+        # Parts for a finished upload have nowhere to go.
+        assert httpx.put(created["credentials"][0]["url"], content=b"late").status_code == 404
