@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import os
+import tempfile
 
 import click
 import uvicorn
 
 from app import __version__
+from app.logs import log_config
 from app.settings import Settings
 from app.storage import StoreConfigError, open_store, scheme_of
 
@@ -24,6 +27,8 @@ FLAG_ENV = {
     "log_level": "ARTIFACT_PROXY_LOG_LEVEL",
     "access_log": "ARTIFACT_PROXY_ACCESS_LOG",
     "max_upload_size": "ARTIFACT_PROXY_MAX_UPLOAD_SIZE",
+    "log_format": "ARTIFACT_PROXY_LOG_FORMAT",
+    "shutdown_grace": "ARTIFACT_PROXY_SHUTDOWN_GRACE",
 }
 
 
@@ -46,6 +51,8 @@ def main() -> None:
 @click.option("--static-prefix", default=None, help="Path prefix for every route, e.g. /mlflow.")
 @click.option("--log-level", default=None, help="Log level (debug, info, warning, error).")
 @click.option("--access-log/--no-access-log", default=None, help="Log every request.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log line format.")
+@click.option("--shutdown-grace", type=int, default=None, help="Seconds in-flight transfers get to finish on stop.")
 @click.option("--max-upload-size", type=int, default=None, help="Refuse proxied uploads above this many bytes (413).")
 @click.option("--artifacts-only", is_flag=True, help="Accepted for compatibility: artifacts are always served.")
 @click.option("--serve-artifacts/--no-serve-artifacts", default=True, help="Accepted for compatibility.")
@@ -71,20 +78,36 @@ def server(**flags: object) -> None:
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = log_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(config)
     if scheme_of(settings.artifacts_destination) in ("", "file"):
         _sweep_local(settings)
+    workers = settings.workers or default_workers()
+    if settings.metrics and workers > 1:
+        _prepare_multiprocess_metrics()
     uvicorn.run(
         "app.main:create_app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers or default_workers(),
+        workers=workers,
         http="httptools",
+        log_config=config,
         log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=30,
+        access_log=False,  # app.metrics writes the access log, with duration and byte counts
+        timeout_graceful_shutdown=settings.shutdown_grace,
+        timeout_keep_alive=settings.keepalive_timeout,
     )
+
+
+def _prepare_multiprocess_metrics() -> None:
+    # Every worker writes its samples here, so any worker's /metrics reports the whole server.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="artifact-proxy-metrics-")
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
 def _sweep_local(settings: Settings) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from app import __version__
 from app.errors import (
@@ -19,6 +20,7 @@ from app.errors import (
     handle_unexpected,
     handle_validation_error,
 )
+from app.metrics import RequestObserver, metrics_endpoint
 from app.middleware import SecurityHeadersMiddleware
 from app.routes import artifacts, meta, multipart, signed
 from app.settings import Settings
@@ -79,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(signed.routes(prefix))
     app.router.routes.extend(meta.routes(settings))
     app.add_middleware(SecurityHeadersMiddleware)
+    if settings.metrics:
+        app.router.routes.append(Route(f"{settings.static_prefix}/metrics", metrics_endpoint, methods=["GET"]))
+    app.add_middleware(RequestObserver, access_log=settings.access_log)  # outermost: sees every final status
     return app
 
 

@@ -7,6 +7,8 @@ them (`MLFLOW_ARTIFACTS_DESTINATION`, `MLFLOW_STATIC_PREFIX`, ...).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,6 +31,10 @@ class Settings(BaseSettings):
     static_prefix: str = Field("", validation_alias=_env("static_prefix", "MLFLOW_STATIC_PREFIX"))
     log_level: str = Field("info", validation_alias=_env("log_level"))
     access_log: bool = Field(True, validation_alias=_env("access_log"))
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"))
+    metrics: bool = Field(True, validation_alias=_env("metrics"))
+    shutdown_grace: int = Field(30, ge=0, validation_alias=_env("shutdown_grace"))
+    keepalive_timeout: int = Field(5, ge=1, validation_alias=_env("keepalive_timeout"))
     development: bool = Field(False, validation_alias=_env("development"))
 
     # Uploads: bytes per write/thread hop, fsync before the atomic rename, and an optional size limit (413).

@@ -20,7 +20,14 @@ from urllib.parse import unquote, urlsplit
 
 import anyio.to_thread
 
-from app.errors import ArtifactNotFound, InvalidParameter, InvalidPath, IsADirectoryArtifact, PathOutsideRoot
+from app.errors import (
+    ArtifactNotFound,
+    InvalidParameter,
+    InvalidPath,
+    IsADirectoryArtifact,
+    PathOutsideRoot,
+    StorageUnavailable,
+)
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
 from app.signing import UrlSigner
@@ -101,7 +108,7 @@ class LocalStore(LocalPresigning):
     async def check_ready(self) -> None:
         ok = await anyio.to_thread.run_sync(os.access, self._real_root, os.W_OK | os.X_OK)
         if not ok:
-            raise InvalidParameter(f"artifact directory {self.root} is not writable")
+            raise StorageUnavailable(f"The artifact directory {self.root} is not writable")
 
     # path resolution -----------------------------------------------------------------------------------------------
     def _resolve(self, path: ArtifactPath) -> str:

@@ -55,8 +55,8 @@ def test_mlflow_client_multipart_upload_round_trips(proxy: Proxy, prefix: str, t
     source = big_file(tmp_path)
     repo = repo_for(proxy, f"{prefix}/run/artifacts")
     repo.log_artifact(str(source), artifact_path="model")
-    assert f"POST /api/2.0/mlflow-artifacts/mpu/create/{prefix}/run/artifacts/model" in proxy.log()
-    assert f"POST /api/2.0/mlflow-artifacts/mpu/complete/{prefix}/run/artifacts/model" in proxy.log()
+    assert proxy.logged(f"POST /api/2.0/mlflow-artifacts/mpu/create/{prefix}/run/artifacts/model")
+    assert proxy.logged(f"POST /api/2.0/mlflow-artifacts/mpu/complete/{prefix}/run/artifacts/model")
     downloaded = httpx.get(proxy.artifact_url(f"{prefix}/run/artifacts/model/model.bin"), timeout=60)
     assert downloaded.content == source.read_bytes()
     assert [(f.path, f.file_size) for f in repo.list_artifacts("model")] == [("model/model.bin", source.stat().st_size)]
@@ -70,7 +70,7 @@ def test_mlflow_client_presigned_download(proxy: Proxy, prefix: str, tmp_path: P
     out.mkdir()
     local = repo_for(proxy, f"{prefix}/d").download_artifacts("blob.bin", dst_path=str(out))
     assert Path(local).read_bytes() == data
-    assert f"GET /api/2.0/mlflow-artifacts/presigned/{prefix}/d/blob.bin" in proxy.log()
+    assert proxy.logged(f"GET /api/2.0/mlflow-artifacts/presigned/{prefix}/d/blob.bin")
 
 
 def test_failed_part_makes_the_client_abort_and_nothing_is_visible(
@@ -88,7 +88,7 @@ def test_failed_part_makes_the_client_abort_and_nothing_is_visible(
     repo = repo_for(proxy, f"{prefix}/run")
     with pytest.raises(Exception):
         repo.log_artifact(str(source))
-    assert f"POST /api/2.0/mlflow-artifacts/mpu/abort/{prefix}/run" in proxy.log()
+    assert proxy.logged(f"POST /api/2.0/mlflow-artifacts/mpu/abort/{prefix}/run")
     assert httpx.get(proxy.artifact_url(f"{prefix}/run/model.bin")).status_code == 404
     assert repo.list_artifacts() == []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ class Proxy:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def logged(self, text: str, timeout: float = 5) -> bool:
+        """Whether `text` appears in the log; access lines are written just after the response, so wait a little."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
 
 @contextmanager

@@ -1,0 +1,75 @@
+"""What operators rely on: /metrics, /ready, JSON access logs and graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from tests.utils.proxy import running_proxy
+
+
+def test_metrics_count_requests_and_bytes_across_workers(tmp_path: Path) -> None:
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", workers=2) as proxy:
+        for i in range(6):
+            httpx.put(proxy.artifact_url(f"m/{i}.bin"), content=b"x" * 1000).raise_for_status()
+        httpx.get(proxy.artifact_url("m/missing.bin"))
+        text = httpx.get(f"{proxy.url}/metrics").text
+        puts = [line for line in text.splitlines()
+                if line.startswith("artifact_proxy_requests_total{") and 'method="PUT"' in line and 'status="200"' in line]
+        assert puts and sum(float(line.rsplit(" ", 1)[1]) for line in puts) == 6
+        assert 'route="artifact"' in puts[0]
+        received = [line for line in text.splitlines() if line.startswith('artifact_proxy_bytes_received_total{route="artifact"}')]
+        assert float(received[0].rsplit(" ", 1)[1]) == 6000
+        assert 'artifact_proxy_requests_total{method="GET",route="artifact",status="404"}' in text
+        assert "artifact_proxy_request_duration_seconds_bucket" in text
+
+
+def test_ready_reports_an_unusable_store(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with running_proxy(str(root), tmp_path / "proxy") as proxy:
+        assert httpx.get(f"{proxy.url}/ready").status_code == 200
+        shutil.rmtree(root)
+        response = httpx.get(f"{proxy.url}/ready")
+        assert response.status_code == 503
+        assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert response.headers["retry-after"]
+        assert httpx.get(f"{proxy.url}/health").status_code == 200
+
+
+def test_json_access_log(tmp_path: Path) -> None:
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", extra_args=["--log-format", "json"]) as proxy:
+        httpx.put(proxy.artifact_url("j/a.txt"), content=b"12345").raise_for_status()
+        assert proxy.logged('"PUT /api/2.0/mlflow-artifacts/artifacts/j/a.txt')
+        lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
+        access = [line for line in lines if line.get("path") == "/api/2.0/mlflow-artifacts/artifacts/j/a.txt"]
+        assert access[0]["status"] == 200
+        assert access[0]["bytes_in"] == 5
+        assert access[0]["method"] == "PUT"
+        assert access[0]["duration_ms"] >= 0
+
+
+def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with running_proxy(str(root), tmp_path / "proxy", extra_args=["--shutdown-grace", "20"]) as proxy:
+        host, port = urlsplit(proxy.url).netloc.split(":")
+        body = os.urandom(4 * 1024 * 1024)
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"PUT /api/2.0/mlflow-artifacts/artifacts/g/in-flight.bin HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1024 * 1024])
+            time.sleep(0.3)
+            pid = int(proxy.log().split("Started server process [", 1)[1].split("]", 1)[0])
+            os.kill(pid, signal.SIGTERM)
+            time.sleep(0.5)
+            sock.sendall(body[1024 * 1024:])
+            sock.settimeout(20)
+            reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert (root / "g" / "in-flight.bin").read_bytes() == body
