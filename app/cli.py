@@ -29,6 +29,8 @@ FLAG_ENV = {
     "max_upload_size": "ARTIFACT_PROXY_MAX_UPLOAD_SIZE",
     "log_format": "ARTIFACT_PROXY_LOG_FORMAT",
     "shutdown_grace": "ARTIFACT_PROXY_SHUTDOWN_GRACE",
+    "auth_config": "ARTIFACT_PROXY_AUTH_CONFIG",
+    "audit_log": "ARTIFACT_PROXY_AUDIT_LOG",
 }
 
 
@@ -54,6 +56,8 @@ def main() -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log line format.")
 @click.option("--shutdown-grace", type=int, default=None, help="Seconds in-flight transfers get to finish on stop.")
 @click.option("--max-upload-size", type=int, default=None, help="Refuse proxied uploads above this many bytes (413).")
+@click.option("--auth-config", default=None, help="TOML file of users, tokens and path rules; turns auth on.")
+@click.option("--audit-log", default=None, help="Write one JSON audit line per operation to this file ('-': stdout).")
 @click.option("--artifacts-only", is_flag=True, help="Accepted for compatibility: artifacts are always served.")
 @click.option("--serve-artifacts/--no-serve-artifacts", default=True, help="Accepted for compatibility.")
 @click.option("--backend-store-uri", default=None, hidden=True, help="Ignored: this server keeps no tracking data.")
@@ -77,8 +81,31 @@ def server(**flags: object) -> None:
     run(settings)
 
 
+@main.command("hash-password")
+@click.password_option()
+def hash_password_command(password: str) -> None:
+    """Print a salted PBKDF2 hash for the `password` field of an --auth-config user."""
+    from app.auth import hash_password
+
+    click.echo(hash_password(password))
+
+
+@main.command("hash-token")
+@click.argument("token", required=False)
+def hash_token_command(token: str | None) -> None:
+    """Print the stored form of a bearer token (a new random token is made and shown when none is given)."""
+    import secrets
+
+    from app.auth import hash_token
+
+    if token is None:
+        token = secrets.token_urlsafe(32)
+        click.echo(f"token:  {token}")
+    click.echo(f"stored: {hash_token(token)}")
+
+
 def run(settings: Settings) -> None:
-    config = log_config(settings.log_level, settings.log_format)
+    config = log_config(settings.log_level, settings.log_format, settings.audit_log)
     logging.config.dictConfig(config)
     if scheme_of(settings.artifacts_destination) in ("", "file"):
         _sweep_local(settings)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import quote
 
+from app.integrity import repr_digest
 from app.storage.base import ObjectMeta
 
 # MLflow serves these as text/plain (mlflow/utils/mime_type_utils.py), by extension or by the whole extensionless name.
@@ -50,6 +51,8 @@ def validators(meta: ObjectMeta) -> dict[str, str]:
         headers["etag"] = meta.etag
     if meta.last_modified is not None:
         headers["last-modified"] = formatdate(meta.last_modified, usegmt=True)
+    if meta.sha256:
+        headers["repr-digest"] = repr_digest(meta.sha256)
     return headers
 
 

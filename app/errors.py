@@ -71,8 +71,11 @@ class PermissionDenied(ArtifactProxyError):
 
 
 class AlreadyExists(ArtifactProxyError):
-    error_code = "RESOURCE_ALREADY_EXISTS"
+    error_code = "ALREADY_EXISTS"
     status_code = 409
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"Artifact path already exists: '{path}'")
 
 
 class PayloadTooLarge(ArtifactProxyError):

@@ -25,22 +25,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def log_config(level: str, fmt: str) -> dict[str, Any]:
+def log_config(level: str, fmt: str, audit_log: str | None = None) -> dict[str, Any]:
     """A dictConfig for uvicorn's `log_config`, so worker processes log the same way."""
     formatter: dict[str, Any] = (
         {"()": "app.logs.JsonFormatter"}
         if fmt == "json"
         else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
+    handlers: dict[str, Any] = {
+        "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"},
+    }
+    audit: dict[str, Any] = {"handlers": [], "propagate": False, "level": "CRITICAL"}
+    if audit_log:
+        # Audit lines are always JSON: they are read by machines first.
+        handlers["audit"] = (
+            {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+            if audit_log == "-"
+            else {"class": "logging.FileHandler", "formatter": "json", "filename": audit_log}
+        )
+        audit = {"handlers": ["audit"], "propagate": False, "level": "INFO"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"default": formatter},
-        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
+        "formatters": {"default": formatter, "json": {"()": "app.logs.JsonFormatter"}},
+        "handlers": handlers,
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False},
+            "artifact_proxy.audit": audit,
         },
     }

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from app import __version__
+from app.auth import Authenticator
 from app.errors import (
     ArtifactProxyError,
     handle_http_exception,
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.state.settings = settings
+    app.state.authenticator = Authenticator(settings.auth_config) if settings.auth_config else None
     app.router.redirect_slashes = False
     for prefix in settings.api_prefixes:
         app.router.routes.extend(artifacts.routes(prefix))

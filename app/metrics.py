@@ -18,6 +18,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_logger = logging.getLogger("artifact_proxy.access")
+audit_logger = logging.getLogger("artifact_proxy.audit")
+AUDIT_KEY = "artifact_proxy.audit"  # set by app.auth.authorize: who asked for which operation on which path
 
 REQUESTS = Counter("artifact_proxy_requests", "HTTP requests served", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -78,8 +80,15 @@ class RequestObserver:
             BYTES_OUT.labels(route).inc(counts["out"])
         if status in (502, 503, 504):
             STORE_ERRORS.labels(str(status)).inc()
+        client = scope.get("client") or ("-", 0)
+        if AUDIT_KEY in scope:
+            audit = scope[AUDIT_KEY]
+            audit_logger.info(
+                "%s %s %s %s -> %d", audit["user"], audit["op"], audit["path"] or "/", client[0], status,
+                extra={**audit, "status": status, "bytes_in": counts["in"], "bytes_out": counts["out"],
+                       "duration_ms": round(elapsed * 1000, 2), "client": client[0]},
+            )
         if self.access_log:
-            client = scope.get("client") or ("-", 0)
             access_logger.info(
                 '%s:%s - "%s %s HTTP/%s" %d',
                 client[0], client[1], method, scope["path"], scope.get("http_version", "1.1"), status,

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     keepalive_timeout: int = Field(5, ge=1, validation_alias=_env("keepalive_timeout"))
     development: bool = Field(False, validation_alias=_env("development"))
 
+    # Access control and audit (app/auth.py documents the config file).
+    auth_config: str | None = Field(None, validation_alias=_env("auth_config"))
+    audit_log: str | None = Field(None, validation_alias=_env("audit_log"))  # a file path, or "-" for stdout
+    forbid_overwrite: bool = Field(False, validation_alias=_env("forbid_overwrite"))
+
     # Uploads: bytes per write/thread hop, fsync before the atomic rename, and an optional size limit (413).
     upload_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("upload_chunk_size"))
     download_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("download_chunk_size"))

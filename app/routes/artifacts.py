@@ -14,12 +14,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.auth import Operation, authorize
 from app.downloads import ByteRange, RangeNotSatisfiable, base_headers, if_range_matches, parse_range
 from app.errors import IncompleteBody, InvalidParameter, PayloadTooLarge, error_response
 from app.paths import ArtifactPath, canonical_path, file_path
 from app.settings import Settings
 from app.schemas import list_json
-from app.storage.base import ArtifactStore, ObjectMeta, ReadHandle, supports_multipart_upload
+from app.integrity import DigestingStream, expected_digests, repr_digest
+from app.storage.base import ArtifactStore, ObjectMeta, ReadHandle, WriteOptions, supports_multipart_upload
 
 logger = logging.getLogger("artifact_proxy.artifacts")
 
@@ -58,7 +60,9 @@ class ReadHandleResponse(Response):
 
 
 async def download(request: Request) -> Response:
-    return await serve_download(request, canonical_path(request.path_params["path"]))
+    path = canonical_path(request.path_params["path"])
+    await authorize(request, Operation.READ, path)
+    return await serve_download(request, path)
 
 
 async def serve_download(request: Request, path: ArtifactPath) -> Response:
@@ -96,19 +100,28 @@ def _plan_download(request: Request, path: ArtifactPath, meta: ObjectMeta) -> tu
 
 
 async def upload(request: Request) -> Response:
-    # Path and size are checked before the first body read: uvicorn sends `100 Continue` only then, so a refused
-    # client never sends its gigabytes.
+    # Path, permission and size are checked before the first body read: uvicorn sends `100 Continue` only then, so
+    # a refused client never sends its gigabytes.
     path = file_path(request.path_params["path"])
+    await authorize(request, Operation.WRITE, path)
     settings = settings_of(request)
     store = store_of(request)
     announced = _announced_length(request)
     _check_size(announced, settings, supports_multipart_upload(store))
+    body = DigestingStream(
+        _counted_body(request, announced, settings.max_upload_size),
+        expected_digests(request.headers),
+        settings.upload_chunk_size,
+    )
+    create_only = settings.forbid_overwrite or request.headers.get("if-none-match", "").strip() == "*"
+    options = WriteOptions(create_only=create_only, digest=lambda: body.sha256)
     try:
-        await store.write(path, _counted_body(request, announced, settings.max_upload_size), announced)
+        await store.write(path, aiter(body), announced, options)
     except ClientDisconnect:
         logger.info("client disconnected during upload of %s; nothing was stored", path.canonical)
         return error_response(400, "BAD_REQUEST", "Client disconnected before the upload completed")
-    return Response(EMPTY_JSON, media_type="application/json")
+    headers = {"repr-digest": repr_digest(body.sha256)} if body.sha256 else None
+    return Response(EMPTY_JSON, media_type="application/json", headers=headers)
 
 
 def _announced_length(request: Request) -> int | None:
@@ -148,6 +161,7 @@ async def _counted_body(request: Request, announced: int | None, limit: int | No
 async def list_artifacts(request: Request) -> Response:
     values = request.query_params.getlist("path")
     path = canonical_path(values[0] if values else "")
+    await authorize(request, Operation.READ, path)
     infos = await store_of(request).list(path)
     return JSONResponse(list_json(infos))
 
@@ -156,6 +170,7 @@ async def delete(request: Request) -> Response:
     path = canonical_path(request.path_params["path"])
     if path.is_root:
         raise InvalidParameter("Refusing to delete the artifact root: give a path below it")
+    await authorize(request, Operation.DELETE, path)
     await store_of(request).delete(path)
     return Response(EMPTY_JSON, media_type="application/json")
 

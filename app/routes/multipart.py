@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.auth import Operation, authorize
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
 from app.paths import ArtifactPath, canonical_path, multipart_target
 from app.routes.artifacts import EMPTY_JSON, store_of
@@ -75,15 +76,17 @@ def _num_parts(value: object) -> int:
     return parts
 
 
-def _target(request: Request, body_path: str | None) -> ArtifactPath:
-    return multipart_target(request.path_params.get("path", ""), body_path)
+async def _target(request: Request, body_path: str | None) -> ArtifactPath:
+    target = multipart_target(request.path_params.get("path", ""), body_path)
+    await authorize(request, Operation.WRITE, target)
+    return target
 
 
 async def create_upload(request: Request) -> Response:
     canonical_path(request.path_params.get("path", ""))
     store = _multipart_store(request)
     body = await _body(request, CreateMultipartRequest)
-    target = _target(request, body.path)
+    target = await _target(request, body.path)
     if body.num_parts is None:
         raise InvalidParameter("Missing value for required parameter 'num_parts'")
     created = await store.create_multipart_upload(target, _num_parts(body.num_parts))
@@ -94,7 +97,7 @@ async def complete_upload(request: Request) -> Response:
     canonical_path(request.path_params.get("path", ""))
     store = _multipart_store(request)
     body = await _body(request, CompleteMultipartRequest)
-    target = _target(request, body.path)
+    target = await _target(request, body.path)
     if not body.parts:
         raise InvalidParameter("Missing value for required parameter 'parts'")
     parts = sorted(
@@ -108,7 +111,7 @@ async def abort_upload(request: Request) -> Response:
     canonical_path(request.path_params.get("path", ""))
     store = _multipart_store(request)
     body = await _body(request, AbortMultipartRequest)
-    target = _target(request, body.path)
+    target = await _target(request, body.path)
     await store.abort_multipart_upload(target, body.upload_id)
     return Response(EMPTY_JSON, media_type="application/json")
 
@@ -116,6 +119,7 @@ async def abort_upload(request: Request) -> Response:
 async def presigned_download(request: Request) -> Response:
     path = canonical_path(request.path_params.get("path", ""))
     _remember_base_url(request)
+    await authorize(request, Operation.READ, path)
     store = store_of(request)
     if not supports_presigned_download(store):
         raise PresignedDownloadUnsupported()

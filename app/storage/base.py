@@ -16,7 +16,7 @@ check that drives both `server-info` and the 501 answers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +28,20 @@ class ObjectMeta:
     size: int
     etag: str | None = None  # quoted, as sent in an ETag header
     last_modified: float | None = None  # POSIX seconds
+    sha256: str | None = None  # hex digest recorded at upload, when the backend keeps one
+
+
+def _no_digest() -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOptions:
+    """How to write: `create_only` refuses (AlreadyExists) to replace an existing object, atomically; `digest`
+    returns the body's SHA-256 hex once the stream has ended, for backends that store it with the object."""
+
+    create_only: bool = False
+    digest: Callable[[], str | None] = _no_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +104,9 @@ class ArtifactStore(Protocol):
 
     async def open_read(self, path: ArtifactPath) -> ReadHandle: ...
 
-    async def write(self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None) -> None:
+    async def write(
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = WriteOptions()
+    ) -> None:
         """Store the bytes of `chunks` at `path` atomically; `size` is the announced length when known."""
 
     async def list(self, path: ArtifactPath) -> list[FileInfo]: ...

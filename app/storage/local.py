@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import anyio.to_thread
 
 from app.errors import (
+    AlreadyExists,
     ArtifactNotFound,
     InvalidParameter,
     InvalidPath,
@@ -31,13 +32,15 @@ from app.errors import (
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
 from app.signing import UrlSigner
-from app.storage.base import FileInfo, ObjectMeta
+from app.storage.base import FileInfo, ObjectMeta, WriteOptions
 from app.storage.local_multipart import LocalPresigning, sweep_expired_staging
 
 logger = logging.getLogger("artifact_proxy.storage.local")
 
 # Files up to this size are read in the same thread hop that opens them: one hop per small GET.
 PREFETCH_LIMIT = 256 * 1024
+# The upload's SHA-256, kept with the file itself (an extended attribute), so it moves and dies with it.
+DIGEST_XATTR = "user.artifact_proxy.sha256"
 
 
 def local_root(uri: str) -> Path:
@@ -73,9 +76,9 @@ class LocalReadHandle:
             os.close(fd)
 
 
-def _meta_from_stat(st: os.stat_result) -> ObjectMeta:
+def _meta_from_stat(st: os.stat_result, sha256: str | None = None) -> ObjectMeta:
     etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-    return ObjectMeta(size=st.st_size, etag=etag, last_modified=st.st_mtime)
+    return ObjectMeta(size=st.st_size, etag=etag, last_modified=st.st_mtime, sha256=sha256)
 
 
 class LocalStore(LocalPresigning):
@@ -142,10 +145,13 @@ class LocalStore(LocalPresigning):
         except BaseException:
             os.close(fd)
             raise
-        return LocalReadHandle(fd, _meta_from_stat(st), prefetched, self.settings.download_chunk_size)
+        meta = _meta_from_stat(st, _read_digest(fd))
+        return LocalReadHandle(fd, meta, prefetched, self.settings.download_chunk_size)
 
     # write --------------------------------------------------------------------------------------------------------
-    async def write(self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None) -> None:
+    async def write(
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = WriteOptions()
+    ) -> None:
         iterator = aiter(chunks)
         head = bytearray()
         async for chunk in iterator:  # buffer the first block: a small body costs a single thread hop
@@ -153,7 +159,7 @@ class LocalStore(LocalPresigning):
             if len(head) >= self.settings.upload_chunk_size:
                 break
         else:
-            await anyio.to_thread.run_sync(self._write_small, path, bytes(head))
+            await anyio.to_thread.run_sync(self._write_small, path, bytes(head), options)
             return
         fd, temp, target = await anyio.to_thread.run_sync(self._open_temp, path)
         try:
@@ -164,7 +170,7 @@ class LocalStore(LocalPresigning):
                 await anyio.to_thread.run_sync(_discard, fd, temp)
             raise
         # _commit owns the descriptor from here: it closes it, or discards it on failure.
-        await anyio.to_thread.run_sync(self._commit, fd, temp, target, b"")
+        await anyio.to_thread.run_sync(self._commit, fd, temp, target, b"", options)
 
     async def _stream_to_fd(self, fd: int, chunks: AsyncIterator[bytes]) -> None:
         """Write a byte stream to `fd`, one thread hop per `upload_chunk_size` bytes."""
@@ -205,9 +211,10 @@ class LocalStore(LocalPresigning):
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         return fd, temp, target
 
-    def _commit(self, fd: int, temp: str, target: str, tail: bytes) -> None:
+    def _commit(self, fd: int, temp: str, target: str, tail: bytes, options: WriteOptions = WriteOptions()) -> None:
         try:
             _write_all(fd, tail)
+            _record_digest(fd, options.digest())
             if self.settings.fsync_uploads:
                 os.fsync(fd)
         except BaseException:
@@ -215,14 +222,17 @@ class LocalStore(LocalPresigning):
             raise
         os.close(fd)
         try:
-            os.replace(temp, target)
-        except OSError:
+            _publish(temp, target, options.create_only, self._relative(target))
+        except BaseException:
             _unlink_quietly(temp)
             raise
 
-    def _write_small(self, path: ArtifactPath, data: bytes) -> None:
+    def _relative(self, target: str) -> str:
+        return os.path.relpath(target, self._real_root)
+
+    def _write_small(self, path: ArtifactPath, data: bytes, options: WriteOptions = WriteOptions()) -> None:
         fd, temp, target = self._open_temp(path)
-        self._commit(fd, temp, target, data)
+        self._commit(fd, temp, target, data, options)
 
     # list ---------------------------------------------------------------------------------------------------------
     async def list(self, path: ArtifactPath) -> list[FileInfo]:
@@ -272,6 +282,33 @@ class LocalStore(LocalPresigning):
                 os.unlink(target)
         except (FileNotFoundError, NotADirectoryError):
             return
+
+
+def _publish(temp: str, target: str, create_only: bool, name: str) -> None:
+    """Move a finished temp file into place: atomically replace, or atomically create-only (link fails if taken)."""
+    if not create_only:
+        os.replace(temp, target)
+        return
+    try:
+        os.link(temp, target)
+    except FileExistsError as exc:
+        raise AlreadyExists(name) from exc
+    os.unlink(temp)
+
+
+def _record_digest(fd: int, sha256: str | None) -> None:
+    if sha256:
+        try:
+            os.setxattr(fd, DIGEST_XATTR, sha256.encode("ascii"))
+        except OSError:
+            pass  # the filesystem keeps no user xattrs (some NFS mounts): serve without a recorded digest
+
+
+def _read_digest(fd: int) -> str | None:
+    try:
+        return os.getxattr(fd, DIGEST_XATTR).decode("ascii")
+    except OSError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
