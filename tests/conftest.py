@@ -26,8 +26,19 @@ def local_server(tmp_dir: Path) -> Iterator[StorageServer]:
 
 
 def _backend_factories() -> dict[str, Callable[[Path], AbstractContextManager[StorageServer]]]:
-    factories: dict[str, Callable[[Path], AbstractContextManager[StorageServer]]] = {"local": local_server}
+    from tests.servers.azure import azurite_server
+    from tests.servers.gcs import fake_gcs_server
+
+    factories: dict[str, Callable[[Path], AbstractContextManager[StorageServer]]] = {
+        "local": local_server,
+        "gcs": fake_gcs_server,
+        "azure": azurite_server,
+    }
     return factories
+
+
+# Servers that accept any signature: tests of tamper refusal cannot run against them (test-servers.md).
+UNVERIFIED_SIGNATURES = {"gcs"}
 
 
 BACKENDS = list(_backend_factories())
@@ -60,6 +71,12 @@ def proxy(
     server = storage_server_for(backend)
     with running_proxy(server.destination, tmp_path_factory.mktemp(f"proxy-{backend}"), env=server.env) as running:
         yield running
+
+
+@pytest.fixture
+def verifies_signatures(backend: str) -> None:
+    if backend in UNVERIFIED_SIGNATURES:
+        pytest.skip(f"the {backend} emulator does not verify URL signatures; covered against real services only")
 
 
 @pytest.fixture

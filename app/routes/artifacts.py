@@ -16,7 +16,15 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth import Operation, authorize
 from app.downloads import ByteRange, RangeNotSatisfiable, base_headers, if_range_matches, parse_range
-from app.errors import IncompleteBody, InvalidParameter, PayloadTooLarge, error_response
+from app.errors import (
+    AlreadyExists,
+    ArtifactNotFound,
+    IncompleteBody,
+    InvalidParameter,
+    IsADirectoryArtifact,
+    PayloadTooLarge,
+    error_response,
+)
 from app.paths import ArtifactPath, canonical_path, file_path
 from app.settings import Settings
 from app.schemas import list_json
@@ -114,6 +122,8 @@ async def upload(request: Request) -> Response:
         settings.upload_chunk_size,
     )
     create_only = settings.forbid_overwrite or request.headers.get("if-none-match", "").strip() == "*"
+    if create_only:
+        await _refuse_existing(store, path)
     options = WriteOptions(create_only=create_only, digest=lambda: body.sha256)
     try:
         await store.write(path, aiter(body), announced, options)
@@ -122,6 +132,16 @@ async def upload(request: Request) -> Response:
         return error_response(400, "BAD_REQUEST", "Client disconnected before the upload completed")
     headers = {"repr-digest": repr_digest(body.sha256)} if body.sha256 else None
     return Response(EMPTY_JSON, media_type="application/json", headers=headers)
+
+
+async def _refuse_existing(store: ArtifactStore, path: ArtifactPath) -> None:
+    """Refuse a create-only PUT before its body is read; the backend's atomic condition still settles races."""
+    try:
+        handle = await store.open_read(path)
+    except (ArtifactNotFound, IsADirectoryArtifact):
+        return
+    await handle.aclose()
+    raise AlreadyExists(path.canonical)
 
 
 def _announced_length(request: Request) -> int | None:

@@ -238,3 +238,30 @@ def test_large_streamed_upload_round_trips(http: httpx.Client, prefix: str) -> N
     assert response.content == data
     tail = http.get(f"/artifacts/{prefix}/big.bin", headers={"Range": f"bytes={len(data) - 100}-"})
     assert tail.content == data[-100:]
+
+
+def test_create_only_put_keeps_the_existing_artifact(http: httpx.Client, prefix: str) -> None:
+    url = f"/artifacts/{prefix}/once.bin"
+    assert http.put(url, content=b"first", headers={"If-None-Match": "*"}).status_code == 200
+    refused = http.put(url, content=b"second", headers={"If-None-Match": "*"})
+    assert (refused.status_code, refused.json()["error_code"]) == (409, "ALREADY_EXISTS")
+    big = http.put(url, content=os.urandom(9 * 1024 * 1024), headers={"If-None-Match": "*"})
+    assert big.status_code == 409
+    assert http.get(url).content == b"first"
+
+
+@pytest.mark.parametrize("size", [1000, 9 * 1024 * 1024])
+def test_digest_mismatch_stores_nothing(http: httpx.Client, prefix: str, size: int) -> None:
+    import base64
+    import hashlib
+
+    url = f"/artifacts/{prefix}/checked.bin"
+    put(http, f"{prefix}/checked.bin", b"previous")
+    wrong = base64.b64encode(hashlib.sha256(b"something else").digest()).decode()
+    response = http.put(url, content=os.urandom(size), headers={"Repr-Digest": f"sha-256=:{wrong}:"})
+    assert response.status_code == 400
+    assert http.get(url).content == b"previous"
+    data = os.urandom(size)
+    right = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    assert http.put(url, content=data, headers={"Repr-Digest": f"sha-256=:{right}:"}).status_code == 200
+    assert http.get(url).content == data

@@ -11,6 +11,7 @@ import pytest
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
+from tests.servers import free_port
 from tests.utils.proxy import Proxy
 
 MiB = 1024 * 1024
@@ -78,12 +79,12 @@ def test_failed_part_makes_the_client_abort_and_nothing_is_visible(
 ) -> None:
     original = HttpArtifactRepository._upload_part
 
-    def upload_part_with_a_broken_signature(credential, local_file, size, start_byte):  # type: ignore[no-untyped-def]
-        if credential.part_number == 2:
-            credential = type(credential)(url=tamper(credential.url), part_number=2, headers=credential.headers)
+    def upload_part_to_a_dead_host(credential, local_file, size, start_byte):  # type: ignore[no-untyped-def]
+        if credential.part_number == 2:  # a part whose transfer fails, as on a network error
+            credential = type(credential)(url=f"http://127.0.0.1:{free_port()}/x", part_number=2, headers={})
         return original(credential, local_file, size, start_byte)
 
-    monkeypatch.setattr(HttpArtifactRepository, "_upload_part", staticmethod(upload_part_with_a_broken_signature))
+    monkeypatch.setattr(HttpArtifactRepository, "_upload_part", staticmethod(upload_part_to_a_dead_host))
     source = big_file(tmp_path)
     repo = repo_for(proxy, f"{prefix}/run")
     with pytest.raises(Exception):
@@ -110,6 +111,7 @@ def put_parts(created: dict, data: bytes) -> list[dict]:
     return parts
 
 
+@pytest.mark.usefixtures("verifies_signatures")
 def test_tampered_part_url_is_refused(proxy: Proxy, prefix: str) -> None:
     created = create(proxy, prefix, "t.bin", 1)
     cred = created["credentials"][0]
@@ -179,6 +181,12 @@ def test_presigned_download_url_supports_range(proxy: Proxy, prefix: str) -> Non
     ranged = httpx.get(signed["url"], headers={**signed["headers"], "Range": "bytes=10-19"})
     assert ranged.status_code == 206
     assert ranged.content == data[10:20]
+
+
+@pytest.mark.usefixtures("verifies_signatures")
+def test_tampered_download_url_is_refused(proxy: Proxy, prefix: str) -> None:
+    httpx.put(proxy.artifact_url(f"{prefix}/p.bin"), content=b"secret bytes").raise_for_status()
+    signed = httpx.get(f"{proxy.api}/presigned/{prefix}/p.bin").json()
     assert httpx.get(tamper(signed["url"]), headers=signed["headers"]).status_code in (400, 401, 403)
 
 

@@ -68,15 +68,15 @@ def http_ok(url: str, accept: tuple[int, ...] = (200,)) -> Callable[[], bool]:
 
 
 def start_process(args: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    log = open(log_path, "wb")
-    return subprocess.Popen(
-        args,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        start_new_session=True,  # its own process group, so stop() also ends its children
-    )
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor; ours closes here
+        return subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,  # its own process group, so stop() also ends its children
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:

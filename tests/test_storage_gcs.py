@@ -1,0 +1,394 @@
+"""GCSStore against fake-gcs-server: streamed writes, ranged reads, listing, deletes, multipart, presigning, outages.
+
+fake-gcs-server checks no signatures, so signing is pinned separately against gcloud-aio-storage's own V4 signer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+import types
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gcloud.aio.storage import Storage, blob
+
+from app.errors import (
+    ArtifactNotFound,
+    InvalidParameter,
+    IsADirectoryArtifact,
+    MultipartUploadUnsupported,
+    ResourceNotFound,
+    StorageMisconfigured,
+    StorageTimeout,
+    StorageUnavailable,
+)
+from app.paths import ArtifactPath
+from app.settings import Settings
+from app.storage.base import CompletedPart, FileInfo, supports_multipart_upload, supports_presigned_download
+from app.storage.gcs import GCSConfig, GCSStore
+from app.storage.gcs_signing import find_signing_key, signed_url
+from tests.servers import StorageServer, stop_process
+from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
+
+BLOCK = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
+    with fake_gcs_server(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
+
+
+def make_store(server: StorageServer, prefix: str, *, signing: bool = True, **settings: object) -> GCSStore:
+    config = GCSConfig(
+        api_root=server.endpoint,
+        credentials_file=server.env["GOOGLE_APPLICATION_CREDENTIALS"] if signing else None,
+        upload_chunk_size=BLOCK,  # small blocks, so a few hundred KiB already take the resumable path
+    )
+    store_settings = Settings(storage_timeout=5, **settings)  # type: ignore[arg-type]
+    return GCSStore(f"gs://{BUCKET}/{prefix}", store_settings, config)
+
+
+@pytest.fixture
+async def store(gcs_server: StorageServer) -> AsyncIterator[GCSStore]:
+    gcs = make_store(gcs_server, f"t-{uuid.uuid4().hex[:8]}/root")
+    await gcs.start()
+    try:
+        yield gcs
+    finally:
+        await gcs.close()
+
+
+def p(value: str) -> ArtifactPath:
+    return ArtifactPath(value)
+
+
+async def stream(data: bytes, piece: int = 100_000) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), piece):
+        yield data[i : i + piece]
+
+
+async def failing_stream(data: bytes) -> AsyncIterator[bytes]:
+    async for chunk in stream(data):
+        yield chunk
+    raise ConnectionResetError("client went away")
+
+
+async def read_all(store: GCSStore, path: str, start: int = 0, end: int | None = None) -> bytes:
+    handle = await store.open_read(p(path))
+    try:
+        return b"".join([c async for c in handle.iter_range(start, handle.meta.size if end is None else end)])
+    finally:
+        await handle.aclose()
+
+
+async def raw_names(server: StorageServer, prefix: str) -> list[str]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{server.endpoint}/storage/v1/b/{BUCKET}/o", params={"prefix": prefix})
+    return [item["name"] for item in response.json().get("items", [])]
+
+
+# write / read ------------------------------------------------------------------------------------------------------
+async def test_small_write_round_trip(store: GCSStore) -> None:
+    await store.write(p("a/b.txt"), stream(b"hello gcs"), 9)
+    handle = await store.open_read(p("a/b.txt"))
+    assert handle.meta.size == 9 and handle.meta.etag and handle.meta.etag.startswith('"')
+    assert handle.meta.last_modified and abs(handle.meta.last_modified - dt.datetime.now().timestamp()) < 300
+    assert await read_all(store, "a/b.txt") == b"hello gcs"
+
+
+@pytest.mark.parametrize("size", [0, BLOCK - 1, BLOCK, 2 * BLOCK, 3 * BLOCK + 12345])
+async def test_writes_round_trip_across_block_boundaries(store: GCSStore, size: int) -> None:
+    data = os.urandom(size)
+    await store.write(p("blob.bin"), stream(data, 70_001), None)
+    assert (await store.open_read(p("blob.bin"))).meta.size == size
+    assert await read_all(store, "blob.bin") == data
+
+
+async def test_large_write_uses_several_chunks_and_one_huge_source_chunk(store: GCSStore) -> None:
+    data = os.urandom(5 * BLOCK + 7)
+    await store.write(p("big.bin"), stream(data, len(data)), len(data))  # the first block overshoots by far
+    assert await read_all(store, "big.bin") == data
+
+
+async def test_range_reads(store: GCSStore) -> None:
+    data = os.urandom(3 * BLOCK)
+    await store.write(p("r.bin"), stream(data), None)
+    assert await read_all(store, "r.bin", 10, 20) == data[10:20]
+    assert await read_all(store, "r.bin", BLOCK - 5, 2 * BLOCK + 5) == data[BLOCK - 5 : 2 * BLOCK + 5]
+    assert await read_all(store, "r.bin", len(data) - 1) == data[-1:]
+    assert await read_all(store, "r.bin", 5, 5) == b""
+
+
+async def test_failed_write_keeps_previous_version(store: GCSStore, gcs_server: StorageServer) -> None:
+    await store.write(p("keep.bin"), stream(b"version one"), None)
+    for size in (1000, 3 * BLOCK):  # simple path and resumable path
+        with pytest.raises(ConnectionResetError):
+            await store.write(p("keep.bin"), failing_stream(os.urandom(size)), None)
+        with pytest.raises(ConnectionResetError):
+            await store.write(p("new.bin"), failing_stream(os.urandom(size)), None)
+    assert await read_all(store, "keep.bin") == b"version one"
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("new.bin"))
+    assert await store.list(p("")) == [FileInfo("keep.bin", False, 11)]
+
+
+async def test_overwrite_replaces_content(store: GCSStore) -> None:
+    await store.write(p("o.txt"), stream(b"first"), None)
+    first = (await store.open_read(p("o.txt"))).meta.etag
+    await store.write(p("o.txt"), stream(b"second!"), None)
+    handle = await store.open_read(p("o.txt"))
+    assert handle.meta.etag != first and await read_all(store, "o.txt") == b"second!"
+
+
+async def test_missing_and_directory_reads(store: GCSStore) -> None:
+    await store.write(p("dir/file.txt"), stream(b"x"), None)
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("nope.txt"))
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("di"))  # a name prefix, not a directory
+    with pytest.raises(IsADirectoryArtifact):
+        await store.open_read(p("dir"))
+    with pytest.raises(IsADirectoryArtifact):
+        await store.open_read(p(""))
+
+
+# list / delete -----------------------------------------------------------------------------------------------------
+async def test_list_one_level_with_sizes_hiding_staging(store: GCSStore) -> None:
+    for name, body in [("a.txt", b"12345"), ("sub/b.txt", b"bb"), ("sub/deep/c.txt", b"c"), ("z", b"")]:
+        await store.write(p(name), stream(body), None)
+    created = await store.create_multipart_upload(p("sub/m.bin"), 1)
+    httpx.put(created.credentials[0].url, content=b"part").raise_for_status()  # a staging object now exists
+    root = sorted(await store.list(p("")), key=lambda info: info.path)
+    assert root == [FileInfo("a.txt", False, 5), FileInfo("sub", True), FileInfo("z", False, 0)]
+    sub = sorted(await store.list(p("sub")), key=lambda info: info.path)
+    assert sub == [FileInfo("b.txt", False, 2), FileInfo("deep", True)]
+    assert await store.list(p("a.txt")) == []
+    assert await store.list(p("missing")) == []
+
+
+async def test_list_follows_pages(store: GCSStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(7):
+        await store.write(p(f"many/f{i}"), stream(b"x"), None)
+        await store.write(p(f"many/d{i}/x"), stream(b"x"), None)
+    real = store.storage.list_objects
+
+    async def small_pages(bucket: str, *, params: dict[str, str], **kw: object) -> dict[str, object]:
+        return await real(bucket, params={**params, "maxResults": "3"})
+
+    monkeypatch.setattr(store.storage, "list_objects", small_pages)
+    listed = await store.list(p("many"))
+    assert sorted(i.path for i in listed if not i.is_dir) == [f"f{i}" for i in range(7)]
+    assert sorted(i.path for i in listed if i.is_dir) == [f"d{i}" for i in range(7)]
+    await store.delete(p("many"))
+    assert await store.list(p("many")) == []
+
+
+async def test_list_of_empty_store(store: GCSStore) -> None:
+    assert await store.list(p("")) == []
+
+
+async def test_delete_file_prefix_and_idempotence(store: GCSStore, gcs_server: StorageServer) -> None:
+    for name in ["d/one.txt", "d/sub/two.txt", "d2/keep.txt", "d.txt"]:
+        await store.write(p(name), stream(b"x"), None)
+    await store.delete(p("d.txt"))
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("d.txt"))
+    await store.delete(p("d"))
+    assert await store.list(p("d")) == []
+    assert [i.path for i in await store.list(p(""))] == ["d2"]  # `d` must not take `d2` with it
+    await store.delete(p("d"))
+    await store.delete(p("never/existed"))
+    with pytest.raises(InvalidParameter):
+        await store.delete(p(""))
+
+
+# multipart ---------------------------------------------------------------------------------------------------------
+def upload_parts(urls: list[str], parts: list[bytes]) -> list[CompletedPart]:
+    done = []
+    with httpx.Client() as client:
+        for number, (url, body) in enumerate(zip(urls, parts, strict=True), 1):
+            response = client.put(url, content=body)  # what the MLflow client does: no auth, no extra headers
+            assert response.status_code == 200, response.text
+            done.append(CompletedPart(number, response.headers.get("etag", ""), url))
+    return done
+
+
+def staging_prefix(store: GCSStore) -> str:
+    return f"{store.prefix}/.artifact.uploading.mpu/"
+
+
+async def test_multipart_round_trip_and_cleanup(store: GCSStore, gcs_server: StorageServer) -> None:
+    parts = [os.urandom(BLOCK), os.urandom(BLOCK), b"tail bytes"]
+    target = p("models/my model ü.bin")  # spaces and non-ASCII must survive signing and the emulator's route
+    created = await store.create_multipart_upload(target, 3)
+    assert created.upload_id and [c.part_number for c in created.credentials] == [1, 2, 3]
+    assert all(c.headers == {} and c.url.startswith(gcs_server.endpoint) for c in created.credentials)
+    done = upload_parts([c.url for c in created.credentials], parts)
+    with pytest.raises(ResourceNotFound):  # an upload id is bound to its key
+        await store.complete_multipart_upload(p("models/other.bin"), created.upload_id, done)
+    await store.complete_multipart_upload(target, created.upload_id, done)
+    assert await read_all(store, target.canonical) == b"".join(parts)
+    assert await raw_names(gcs_server, staging_prefix(store)) == []
+    await store.complete_multipart_upload(target, created.upload_id, done)  # a retried complete succeeds
+    assert [i.path for i in await store.list(p(""))] == ["models"]
+
+
+async def test_multipart_composes_more_than_32_parts(store: GCSStore, gcs_server: StorageServer) -> None:
+    parts = [f"part {i};".encode() for i in range(1, 71)]
+    created = await store.create_multipart_upload(p("many.bin"), len(parts))
+    done = upload_parts([c.url for c in created.credentials], parts)
+    await store.complete_multipart_upload(p("many.bin"), created.upload_id, done)
+    assert await read_all(store, "many.bin") == b"".join(parts)
+    assert await raw_names(gcs_server, staging_prefix(store)) == []
+
+
+async def test_multipart_abort_and_errors(store: GCSStore, gcs_server: StorageServer) -> None:
+    created = await store.create_multipart_upload(p("x.bin"), 3)
+    done = upload_parts([c.url for c in created.credentials[:2]], [b"a", b"b"])
+    with pytest.raises(InvalidParameter):  # part 3 was never uploaded
+        await store.complete_multipart_upload(p("x.bin"), created.upload_id, [*done, CompletedPart(3, "")])
+    with pytest.raises(InvalidParameter):  # gaps in the numbering
+        await store.complete_multipart_upload(p("x.bin"), created.upload_id, [done[1]])
+    assert len(await raw_names(gcs_server, staging_prefix(store))) == 2
+    await store.abort_multipart_upload(p("x.bin"), created.upload_id)
+    assert await raw_names(gcs_server, staging_prefix(store)) == []
+    await store.abort_multipart_upload(p("x.bin"), created.upload_id)  # idempotent
+    await store.abort_multipart_upload(p("x.bin"), "../not-an-id")
+    with pytest.raises(ResourceNotFound):
+        await store.complete_multipart_upload(p("x.bin"), created.upload_id, done)
+    with pytest.raises(ResourceNotFound):
+        await store.complete_multipart_upload(p("x.bin"), "../../escape", done)
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("x.bin"))
+
+
+async def test_multipart_rejects_a_replaced_part(store: GCSStore) -> None:
+    created = await store.create_multipart_upload(p("e.bin"), 1)
+    upload_parts([created.credentials[0].url], [b"original"])
+    stale = CompletedPart(1, '"0123456789abcdef0123456789abcdef"')  # MD5 of other bytes
+    with pytest.raises(InvalidParameter):
+        await store.complete_multipart_upload(p("e.bin"), created.upload_id, [stale])
+
+
+# presigned download ------------------------------------------------------------------------------------------------
+async def test_presigned_download_with_range(store: GCSStore, gcs_server: StorageServer) -> None:
+    data = os.urandom(BLOCK + 100)
+    await store.write(p("dl/file.bin"), stream(data), None)
+    signed = await store.presign_download(p("dl/file.bin"))
+    assert signed.file_size == len(data) and signed.headers == {}
+    assert signed.url.startswith(f"{gcs_server.endpoint}/{BUCKET}/{store.prefix}/dl/file.bin?")
+    assert "response-content-disposition=attachment%3B%20filename%3Dfile.bin" in signed.url
+    assert "X-Goog-Expires=300&" in signed.url
+    response = httpx.get(signed.url, headers={"Range": "bytes=5-1004"})
+    assert response.status_code == 206 and response.content == data[5:1005]
+    with pytest.raises(ArtifactNotFound):
+        await store.presign_download(p("dl/missing.bin"))
+    with pytest.raises(IsADirectoryArtifact):
+        await store.presign_download(p("dl"))
+
+
+async def test_capabilities_need_a_signing_key(
+    gcs_server: StorageServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no application-default credentials either
+    signed = make_store(gcs_server, "caps")
+    assert supports_multipart_upload(signed) and supports_presigned_download(signed)
+    switched_off = make_store(gcs_server, "caps", enable_multipart=False)
+    assert not supports_multipart_upload(switched_off) and supports_presigned_download(switched_off)
+    unsigned = make_store(gcs_server, "caps", signing=False)
+    assert not supports_multipart_upload(unsigned) and not supports_presigned_download(unsigned)
+    with pytest.raises(MultipartUploadUnsupported):
+        await unsigned.create_multipart_upload(p("x.bin"), 1)
+
+
+def test_signature_matches_gcloud_aio_signer(gcs_server: StorageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fake-gcs-server accepts any signature, so pin ours to gcloud-aio-storage's V4 implementation."""
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+    class FrozenDatetime(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> FrozenDatetime:  # type: ignore[override]
+            return now  # type: ignore[return-value]
+
+    monkeypatch.setattr(blob, "datetime", types.SimpleNamespace(datetime=FrozenDatetime, timezone=dt.timezone))
+    monkeypatch.setattr(blob, "HOST", "storage.googleapis.com")
+    credentials = gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"]
+    key = find_signing_key(credentials)
+    assert key is not None and "PRIVATE" not in repr(key)
+    name = "pre/dir/a file+ü~.bin"
+    query = {"response-content-disposition": "attachment; filename=x.bin"}
+
+    async def reference() -> str:
+        storage = Storage(service_file=credentials)
+        try:
+            obj = blob.Blob(storage.get_bucket("bkt"), name, {"size": 0})
+            return await obj.get_signed_url(600, http_method="PUT", query_params=dict(query))
+        finally:
+            await storage.close()
+
+    ours = signed_url(key, method="PUT", bucket="bkt", object_name=name, expires_in=600, query=query, now=now)
+    assert ours == asyncio.run(reference())
+
+
+# errors ------------------------------------------------------------------------------------------------------------
+async def test_missing_bucket_is_misconfiguration(gcs_server: StorageServer) -> None:
+    gcs = make_store(gcs_server, "x")
+    gcs.bucket = "no-such-bucket"
+    await gcs.start()
+    try:
+        with pytest.raises(StorageMisconfigured):
+            await gcs.check_ready()
+    finally:
+        await gcs.close()
+
+
+async def test_silent_server_is_a_timeout(gcs_server: StorageServer) -> None:
+    with socket.socket() as silent:  # accepts connections (kernel backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host, port = silent.getsockname()
+        gcs = GCSStore(f"gs://{BUCKET}/x", Settings(storage_timeout=0.5), GCSConfig(api_root=f"http://{host}:{port}"))
+        await gcs.start()
+        try:
+            with pytest.raises(StorageTimeout) as caught:
+                await gcs.check_ready()
+            assert caught.value.status_code == 504
+        finally:
+            await gcs.close()
+
+
+async def test_outage_then_recovery_on_the_same_port(tmp_path: Path) -> None:
+    with fake_gcs_server(tmp_path) as server:
+        gcs = make_store(server, "outage")
+        await gcs.start()
+        try:
+            await gcs.write(p("f.txt"), stream(b"before"), None)
+            await gcs.check_ready()
+            stop_process(server.process)
+            with pytest.raises(StorageUnavailable) as caught:
+                await gcs.check_ready()
+            assert caught.value.status_code == 503 and caught.value.headers.get("Retry-After")
+            with pytest.raises(StorageUnavailable):
+                await gcs.open_read(p("f.txt"))
+            with pytest.raises(StorageUnavailable):
+                await gcs.write(p("g.txt"), stream(os.urandom(3 * BLOCK)), None)
+            with pytest.raises(StorageUnavailable):
+                await gcs.delete(p("f.txt"))
+            with pytest.raises(StorageUnavailable):
+                await gcs.list(p(""))
+            port = int(server.endpoint.rsplit(":", 1)[1])
+            server.process = start_fake_gcs(port, tmp_path / "restarted.log")
+            create_bucket(server.endpoint)  # the memory backend starts empty
+            await gcs.check_ready()
+            await gcs.write(p("f.txt"), stream(b"after"), None)
+            assert await read_all(gcs, "f.txt") == b"after"
+        finally:
+            await gcs.close()
