@@ -11,11 +11,12 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[all]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
 
-# One pip call resolves aiobotocore's botocore pin together with moto/boto3 (see docs/test-servers traps).
-$(STAMP): pyproject.toml $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[all,test]'
+# One pip call resolves aiobotocore's botocore pin together with moto/boto3, and constraints.txt pins the set
+# known to work: unpinned, pip's resolver backtracks for minutes into ancient releases.
+$(STAMP): pyproject.toml constraints.txt $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,test]'
 	$(BIN)/pip check
 	touch $(STAMP)
 
