@@ -28,9 +28,11 @@ def local_server(tmp_dir: Path) -> Iterator[StorageServer]:
 def _backend_factories() -> dict[str, Callable[[Path], AbstractContextManager[StorageServer]]]:
     from tests.servers.azure import azurite_server
     from tests.servers.gcs import fake_gcs_server
+    from tests.servers.s3 import seaweedfs_server
 
     factories: dict[str, Callable[[Path], AbstractContextManager[StorageServer]]] = {
         "local": local_server,
+        "s3": seaweedfs_server,
         "gcs": fake_gcs_server,
         "azure": azurite_server,
     }

@@ -115,7 +115,7 @@ async def upload(request: Request) -> Response:
     settings = settings_of(request)
     store = store_of(request)
     announced = _announced_length(request)
-    _check_size(announced, settings, supports_multipart_upload(store))
+    _check_size(announced, settings, store)
     body = DigestingStream(
         _counted_body(request, announced, settings.max_upload_size),
         expected_digests(request.headers),
@@ -153,13 +153,13 @@ def _announced_length(request: Request) -> int | None:
     return int(raw)
 
 
-def _check_size(announced: int | None, settings: Settings, multipart_available: bool) -> None:
+def _check_size(announced: int | None, settings: Settings, store: ArtifactStore) -> None:
     if announced is None:
         return
     if settings.max_upload_size is not None and announced > settings.max_upload_size:
         raise PayloadTooLarge(f"Upload of {announced} bytes exceeds the limit of {settings.max_upload_size} bytes")
     limit = settings.presigned_only_min_size
-    if limit is not None and multipart_available and announced > limit:
+    if limit is not None and announced > limit and supports_multipart_upload(store):
         raise PayloadTooLarge(
             f"Uploads over {limit} bytes must use multipart upload: set MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true"
         )

@@ -1,0 +1,911 @@
+"""`make bench`: artifact-proxy side by side with `mlflow server --artifacts-only`, nginx and a raw PUT sink.
+
+Run after `bash bench/setup.sh`:
+
+    .venv/bin/python bench/run.py [--big/--no-big] [--reps N] [--duration SECONDS] [--out docs/benchmarks.md]
+
+One server at a time is started on 127.0.0.1 (free port), measured, and stopped (its whole process group, then any
+survivor of its process tree, also on failure or Ctrl-C). All data lives in one temp dir that is removed at the end.
+The report goes to docs/benchmarks.md; progress goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+VENV_BIN = Path(sys.executable).parent
+PROXY_BIN = VENV_BIN / "artifact-proxy"
+MLFLOW_VENV = Path(os.environ.get("MLFLOW_VENV", BENCH / ".venv-mlflow"))
+MLFLOW_BIN = MLFLOW_VENV / "bin" / "mlflow"
+WEED_BIN = Path(shutil.which("weed", path=str(VENV_BIN)) or VENV_BIN / "weed")
+NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
+API = "/api/2.0/mlflow-artifacts/artifacts"
+GIB = 1024**3
+SMALL = 16 * 1024
+LIST_N = 10_000
+CONCURRENCY = 32
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "benchAK", "AWS_SECRET_ACCESS_KEY": "benchSK", "AWS_DEFAULT_REGION": "us-east-1"}
+
+PORTS: set[int] = set()
+COMMANDS: list[str] = []  # every external command, with the temp dir shown as $TMP, for the report
+TMP = Path("/nonexistent")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def show(cmd: list[str] | str) -> str:
+    text = cmd if isinstance(cmd, str) else shlex.join(str(c) for c in cmd)
+    return text.replace(str(TMP), "$TMP").replace(str(ROOT) + "/", "")
+
+
+def record(cmd: list[str] | str) -> None:
+    text = show(cmd)
+    for port in PORTS:
+        text = re.sub(rf"\b{port}\b", "$PORT", text)
+    if text not in COMMANDS:
+        COMMANDS.append(text)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    PORTS.add(port)
+    return port
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Servers
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    port: int
+    health: str
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    logfile: Path | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> None:
+        record(" ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + show(self.cmd)
+               if self.env else self.cmd)
+        self.logfile = TMP / f"{self.name.replace(' ', '_')}.log"
+        out = open(self.logfile, "wb")
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base + self.health, timeout=2).status_code < 500:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        if self.logfile and self.logfile.exists():
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
+        return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the group this script created for it
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs([p for p in tree if p.is_running()], timeout=5)
+        for p in alive:  # a child that left the group: stop it by its pid
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.proc = None
+
+    def tree(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def worker_pids(self) -> list[int]:
+        """Processes that serve requests: the leaves of the tree (uvicorn workers, nginx workers)."""
+        procs = self.tree()
+        leaves = [p.pid for p in procs if not p.children()]
+        return leaves or [procs[0].pid]
+
+
+@contextlib.contextmanager
+def running(server: Server, timeout: float = 60) -> Iterator[Server]:
+    log(f"starting {server.name}: {show(server.cmd)}")
+    try:
+        server.start(timeout)
+        yield server
+    except Exception as exc:
+        if getattr(exc, "annotated", False):  # an inner server already explained it
+            raise
+        tail = server.tail()
+        log(f"{server.name} log tail:\n{tail}")
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        err = RuntimeError(f"{str(exc).splitlines()[0] if str(exc) else repr(exc)} [{server.name} log: {last}]")
+        err.annotated = True  # type: ignore[attr-defined]
+        raise err from exc
+    finally:
+        server.stop()
+        log(f"stopped {server.name}")
+
+
+def label(p: psutil.Process) -> str:
+    try:
+        cmd = p.cmdline()
+        name = p.name()
+    except psutil.Error:
+        return "?"
+    text = " ".join(cmd)
+    if "nginx" in name:
+        return "nginx " + ("master" if "master" in text else "worker")
+    if "resource_tracker" in text:
+        return "resource tracker"
+    if "multiprocessing" in text or "spawn_main" in text:
+        return "worker"
+    if "huey" in text or "job" in text.lower():
+        return "job runner"
+    return "main" if cmd else name
+
+
+class RssSampler:
+    """Samples the RSS of a process tree every `interval` seconds; keeps the max per process and for the tree."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.per: dict[int, int] = {}
+        self.labels: dict[int, str] = {}
+        self.tree_max = 0
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _sample(self) -> None:
+        total = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for p in procs:
+            proc = self._procs.setdefault(p.pid, p)
+            try:
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                continue
+            if p.pid not in self.labels:
+                self.labels[p.pid] = label(proc)
+            self.per[p.pid] = max(self.per.get(p.pid, 0), rss)
+            total += rss
+        self.tree_max = max(self.tree_max, total)
+        self.samples.append(total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def result(self) -> dict[str, Any]:
+        top = max(self.per, key=lambda k: self.per[k]) if self.per else None
+        return {
+            "tree_max": self.tree_max,
+            "proc_max": self.per.get(top, 0) if top else 0,
+            "proc_max_label": self.labels.get(top, "") if top else "",
+            "per": {f"{self.labels[k]} {k}": v for k, v in sorted(self.per.items())},
+            "nprocs": len(self.per),
+        }
+
+
+def merge_rss(results: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(results, key=lambda r: r["proc_max"])
+    return {**best, "tree_max": max(r["tree_max"] for r in results)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Workloads
+
+
+def curl(args: list[str]) -> tuple[int, float, float]:
+    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload} %{size_download}",
+           *args]
+    record(cmd)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    parts = out.stdout.split()
+    if out.returncode != 0 or len(parts) < 4:
+        raise RuntimeError(f"curl failed ({out.returncode}): {out.stderr.strip()} {out.stdout.strip()}")
+    code, secs, up, down = int(parts[0]), float(parts[1]), float(parts[2]), float(parts[3])
+    if code >= 300:
+        raise RuntimeError(f"{show(cmd)} -> HTTP {code}")
+    return code, secs, max(up, down)
+
+
+def transfer(server: Server, kind: str, url: str, file: Path | None, size: int, reps: int,
+             check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """`reps` timed uploads (curl -T) or downloads (curl -o /dev/null), RSS of the server tree sampled throughout."""
+    times: list[float] = []
+    rss: list[dict[str, Any]] = []
+    for i in range(reps):
+        os.sync()  # start each run with no dirty pages from the previous one
+        time.sleep(0.5)
+        with RssSampler(server.proc.pid) as sampler:  # type: ignore[union-attr]
+            start = time.perf_counter()
+            if kind == "upload":
+                _, _, moved = curl(["-T", str(file), url])
+            else:
+                _, _, moved = curl([url])
+            elapsed = time.perf_counter() - start
+        if int(moved) != size:
+            raise RuntimeError(f"{kind} via {server.name} moved {moved} bytes, expected {size}")
+        if check:
+            check()
+        times.append(elapsed)
+        rss.append(sampler.result())
+        log(f"  {server.name} {kind} {size / GIB:g} GiB run {i + 1}: {elapsed:.2f} s, "
+            f"peak proc {mb(sampler.result()['proc_max'])} MB, tree {mb(sampler.result()['tree_max'])} MB")
+    return {"seconds": statistics.median(times), "all": times, "rss": merge_rss(rss)}
+
+
+def hey(url: str, method: str, duration: float, body: Path | None = None) -> dict[str, Any]:
+    base = ["hey", "-c", str(CONCURRENCY), "-m", method, "-T", "application/octet-stream", "-t", "30"]
+    if body is not None:
+        base += ["-D", str(body)]
+    subprocess.run([*base, "-n", "256", url], capture_output=True, timeout=120)  # warm-up
+    cmd = [*base, "-z", f"{duration:g}s", url]
+    record(cmd)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120).stdout
+    return parse_hey(out)
+
+
+def parse_hey(out: str) -> dict[str, Any]:
+    def grab(pattern: str) -> float | None:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else None
+
+    ok = errors = 0
+    for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out):
+        if 200 <= int(code) < 300:
+            ok += int(count)
+        else:
+            errors += int(count)
+    if "Error distribution:" in out:
+        for count in re.findall(r"^\s+\[(\d+)\]\s+\D", out.split("Error distribution:", 1)[1], re.M):
+            errors += int(count)
+    p50, p99 = grab(r"50%+ in ([\d.]+) secs"), grab(r"99%+ in ([\d.]+) secs")
+    return {
+        "rps": grab(r"Requests/sec:\s+([\d.]+)"),
+        "p50_ms": p50 * 1000 if p50 is not None else None,
+        "p99_ms": p99 * 1000 if p99 is not None else None,
+        "ok": ok,
+        "errors": errors,
+    }
+
+
+def time_list(url: str, expect: int, count: Callable[[Any], int], reps: int = 5) -> dict[str, Any]:
+    record(f"curl -s '{url}'")
+    with httpx.Client(timeout=120) as client:
+        r = client.get(url)  # warm-up (dentry cache)
+        r.raise_for_status()
+        got = count(r.json())
+        if got != expect:
+            raise RuntimeError(f"listing {url} returned {got} entries, expected {expect}")
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            r = client.get(url)
+            r.raise_for_status()
+            r.json()
+            times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "all": times, "entries": got}
+
+
+def idle_rss(server: Server, settle: float = 3.0, window: float = 2.0) -> dict[str, Any]:
+    time.sleep(settle)
+    with RssSampler(server.proc.pid, interval=0.1) as sampler:  # type: ignore[union-attr]
+        time.sleep(window)
+    res = sampler.result()
+    res["tree"] = int(statistics.median(sampler.samples))
+    return res
+
+
+def make_list_dir(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(LIST_N):
+        (directory / f"file-{i:05d}.txt").write_bytes(b"x" * 100)
+
+
+def mb(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.0f}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results: dict[str, Any] = {"large": {}, "small": {}, "list": {}, "idle": {}, "s3": {}, "big": {},
+                                        "errors": []}
+        self.data = TMP / "data"
+        self.data.mkdir()
+        self.small = self.data / "16k.bin"
+        self.small.write_bytes(os.urandom(SMALL))
+        self.one_gib = self.data / "1g.bin"
+        self.four_gib = self.data / "4g.bin"
+
+    def make_data(self) -> None:
+        log("writing 1 GiB of random data")
+        with open(self.one_gib, "wb") as f:
+            for _ in range(16):
+                f.write(os.urandom(64 * 1024 * 1024))
+        if self.args.big:
+            log("writing 4 GiB test file (the 1 GiB file four times)")
+            with open(self.one_gib, "rb") as src, open(self.four_gib, "wb") as dst:
+                for _ in range(4):
+                    src.seek(0)
+                    shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
+        os.sync()
+
+    def section(self, name: str, fn: Callable[[], None]) -> None:
+        log(f"== {name}")
+        try:
+            fn()
+        except Exception as exc:  # keep going: one broken server must not lose the rest of the report
+            log(f"!! {name} failed: {exc}")
+            traceback.print_exc()
+            self.results["errors"].append(f"{name}: {str(exc).splitlines()[0] if str(exc) else repr(exc)}")
+
+    # ---- the four HTTP servers, all reached with mlflow-artifacts URLs
+
+    def proxy_server(self, root: Path, extra_env: dict[str, str] | None = None, dest: str | None = None) -> Server:
+        port = free_port()
+        cmd = [str(PROXY_BIN), "server", "--artifacts-destination", dest or str(root), "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log"]
+        if self.args.proxy_workers:
+            cmd += ["--workers", str(self.args.proxy_workers)]
+        return Server("artifact-proxy", cmd, port, "/health", TMP, extra_env or {})
+
+    def mlflow_server(self, root: Path) -> Server:
+        port = free_port()
+        cwd = TMP / "mlflow-cwd"
+        cwd.mkdir(exist_ok=True)
+        cmd = [str(MLFLOW_BIN), "server", "--artifacts-only", "--artifacts-destination", str(root), "--host",
+               "127.0.0.1", "--port", str(port)]
+        return Server("mlflow", cmd, port, "/health", cwd)
+
+    def nginx_server(self, root: Path) -> Server:
+        port = free_port()
+        ndir = TMP / "nginx"
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (ndir / sub).mkdir(parents=True, exist_ok=True)
+        conf = (BENCH / "nginx.conf.template").read_text()
+        conf = conf.replace("{{DIR}}", str(ndir)).replace("{{PORT}}", str(port)).replace("{{ROOT}}", str(root))
+        (ndir / "nginx.conf").write_text(conf)
+        return Server("nginx", [NGINX_BIN, "-p", str(ndir), "-c", str(ndir / "nginx.conf")], port, "/health", ndir)
+
+    def sink_server(self, root: Path) -> Server:
+        port = free_port()
+        cmd = [sys.executable, str(BENCH / "sink.py"), "--port", str(port), "--dir", str(root)]
+        return Server("raw sink", cmd, port, "/health", TMP)
+
+    def run_http(self, key: str, make: Callable[[Path], Server], *, small: bool, listing: bool,
+                 download: bool, nginx_layout: bool = False, big: bool = False,
+                 ops: tuple[str, ...] = ("PUT", "GET", "LIST"), idle: bool = True) -> None:
+        root = TMP / f"root-{key}"
+        root.mkdir()
+        # nginx serves files at their URL path under its root; the others map `artifacts/<path>` to <root>/<path>.
+        files = root / API.lstrip("/") if nginx_layout else root
+        server = make(root)
+        timeout = 120 if key == "mlflow" else 60
+        with running(server, timeout):
+            if idle:
+                self.results["idle"][key] = idle_rss(server, settle=8.0 if key == "mlflow" else 3.0)
+                log(f"  idle tree RSS {mb(self.results['idle'][key]['tree'])} MB "
+                    f"({self.results['idle'][key]['nprocs']} processes)")
+            url = f"{server.base}{API}/bench/large.bin"
+
+            def check_size() -> None:
+                if key != "sink" and (files / "bench/large.bin").stat().st_size != GIB:
+                    raise RuntimeError(f"{key}: stored file has the wrong size")
+
+            large: dict[str, Any] = {}
+            large["upload"] = self._guard(f"{key} upload", lambda: transfer(
+                server, "upload", url, self.one_gib, GIB, self.args.reps, check_size))
+            if download:
+                large["download"] = self._guard(f"{key} download", lambda: transfer(
+                    server, "download", url, None, GIB, self.args.reps))
+            self.results["large"][key] = large
+            if key != "sink":
+                (files / "bench/large.bin").unlink(missing_ok=True)
+            if big:
+                self._big(server, files)
+            if small:
+                self._small(key, server, files, nginx_layout, ops)
+            if listing:
+                make_list_dir(files / "bench/list10k")
+                os.sync()
+                if nginx_layout:
+                    url, count = f"{server.base}{API}/bench/list10k/", len
+                else:
+                    url, count = f"{server.base}{API}?path=bench/list10k", lambda j: len(j.get("files", []))
+                self.results["list"][key] = self._guard(f"{key} list", lambda: time_list(url, LIST_N, count))
+                if self.results["list"][key]:
+                    log(f"  list {LIST_N}: {self.results['list'][key]['seconds'] * 1000:.0f} ms")
+        shutil.rmtree(root, ignore_errors=True)
+
+    def _guard(self, name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            log(f"!! {name} failed: {exc}")
+            self.results["errors"].append(f"{name}: {str(exc).splitlines()[0]}")
+            return None
+
+    def _small(self, key: str, server: Server, files: Path, nginx_layout: bool, ops: tuple[str, ...]) -> None:
+        listdir = files / "bench/small"
+        listdir.mkdir(parents=True, exist_ok=True)
+        for i in range(10):
+            (listdir / f"f{i}.bin").write_bytes(self.small.read_bytes())
+        get_url = f"{server.base}{API}/bench/small/f0.bin"
+        put_url = f"{server.base}{API}/bench/small/put.bin"
+        list_url = f"{server.base}{API}/bench/small/" if nginx_layout else f"{server.base}{API}?path=bench/small"
+        d = self.args.duration
+        jobs = {
+            "PUT": lambda: hey(put_url, "PUT", d, self.small),
+            "GET": lambda: hey(get_url, "GET", d),
+            "LIST": lambda: hey(list_url, "GET", d),
+        }
+        res = {op: self._guard(f"{key} hey {op}", jobs[op]) for op in ops}
+        for op, r in res.items():
+            if r:
+                log(f"  {op} c={CONCURRENCY}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.1f} ms "
+                    f"p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+        self.results["small"][key] = res
+
+    def _big(self, server: Server, files: Path) -> None:
+        url = f"{server.base}{API}/bench/big.bin"
+        size = 4 * GIB
+        self.results["big"]["upload"] = self._guard("4 GiB upload", lambda: transfer(
+            server, "upload", url, self.four_gib, size, 1))
+        self.results["big"]["download"] = self._guard("4 GiB download", lambda: transfer(
+            server, "download", url, None, size, 1))
+        (files / "bench/big.bin").unlink(missing_ok=True)
+
+    # ---- S3 through SeaweedFS
+
+    def run_s3(self) -> None:
+        probe = subprocess.run([sys.executable, "-c", "import app.storage.s3"], cwd=ROOT, capture_output=True,
+                               text=True)
+        if probe.returncode != 0:
+            log("skipped: S3 backend not available")
+            self.results["s3"] = {"skipped": "skipped: S3 backend not available ("
+                                  + (probe.stderr.strip().splitlines() or ["import failed"])[-1] + ")"}
+            return
+        wdir = TMP / "weed"
+        wdir.mkdir()
+        (wdir / "s3.json").write_text(json.dumps({"identities": [{
+            "name": "admin",
+            "credentials": [{"accessKey": S3_KEYS["AWS_ACCESS_KEY_ID"],
+                             "secretKey": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        s3_port = free_port()
+        ports = {name: free_port() for name in (
+            "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port")}
+        cmd = [str(WEED_BIN), "mini", f"-dir={wdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3_port}",
+               f"-s3.config={wdir / 's3.json'}", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
+               "-s3.port.lance=0", "-bucket=bench", *(f"-{k}={v}" for k, v in ports.items())]
+        weed = Server("seaweedfs", cmd, s3_port, "/", wdir)
+        env = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
+        direct = [sys.executable, str(BENCH / "s3_direct.py")]
+        full_env = {**os.environ, **env}
+
+        def run_direct(op: str, key: str) -> dict[str, Any]:
+            c = [*direct, op, str(self.one_gib), "bench", key]
+            record(c)
+            out = subprocess.run(c, env=full_env, capture_output=True, text=True, timeout=1800)
+            if out.returncode != 0:
+                raise RuntimeError(f"s3_direct {op} failed: {out.stderr.strip()[-500:]}")
+            return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+        with running(weed, 60):
+            deadline = time.monotonic() + 60
+            while True:  # the bucket and a volume exist once a small put succeeds
+                try:
+                    run_direct("put-small", "probe")
+                    break
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            res: dict[str, Any] = {}
+            reps = self.args.reps
+            ups, downs = [], []
+            for _ in range(reps):
+                os.sync()
+                ups.append(run_direct("upload", "direct/large.bin")["seconds"])
+                downs.append(run_direct("download", "direct/large.bin")["seconds"])
+            res["direct"] = {"upload": statistics.median(ups), "download": statistics.median(downs),
+                             "upload_all": ups, "download_all": downs}
+            log(f"  direct aiobotocore: upload {res['direct']['upload']:.2f} s, "
+                f"download {res['direct']['download']:.2f} s")
+            proxy = self.proxy_server(TMP, env, dest="s3://bench/proxy")
+            with running(proxy, 60):
+                url = f"{proxy.base}{API}/bench/large.bin"
+                res["proxy"] = {
+                    "upload": transfer(proxy, "upload", url, self.one_gib, GIB, reps),
+                    "download": transfer(proxy, "download", url, None, GIB, reps),
+                }
+            self.results["s3"] = res
+
+    # ---- main
+
+    def run(self) -> None:
+        only = set(self.args.only.split(","))
+        self.make_data()
+        if "sink" in only:
+            self.section("raw sink", lambda: self.run_http("sink", self.sink_server, small=False, listing=False,
+                                                           download=False))
+        if "nginx" in only:
+            self.section("nginx", lambda: self.run_http("nginx", self.nginx_server, small=True, listing=True,
+                                                        download=True, nginx_layout=True))
+        if "proxy" in only:
+            self.section("artifact-proxy", lambda: self.run_http("proxy", self.proxy_server, small=True,
+                                                                 listing=True, download=True, big=self.args.big))
+        self.four_gib.unlink(missing_ok=True)
+        if "proxy" in only and self.args.fsync_variant:
+            env = {"ARTIFACT_PROXY_FSYNC_UPLOADS": "false"}
+            self.section("artifact-proxy, fsync off (diagnostic)", lambda: self.run_http(
+                "proxy-nofsync", lambda root: self.proxy_server(root, env), small=True, listing=False,
+                download=False, ops=("PUT",), idle=False))
+        if "mlflow" in only:
+            self.section("mlflow", lambda: self.run_http("mlflow", self.mlflow_server, small=True, listing=True,
+                                                         download=True))
+        if "s3" in only:
+            self.section("s3", self.run_s3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine() -> dict[str, str]:
+    def version(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "n/a"
+
+    cpu = "n/a"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "ram": f"{psutil.virtual_memory().total / GIB:.1f} GiB",
+        "kernel": platform.release(),
+        "os": version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "artifact-proxy": version([str(PROXY_BIN), "--version"]),
+        "mlflow": version([str(MLFLOW_VENV / "bin/python"), "-c", "import mlflow; print('mlflow', mlflow.__version__)"]),
+        "nginx": version([NGINX_BIN, "-v"]),
+        "curl": version(["curl", "--version"]),
+        "hey": "hey (Debian package " + version(["dpkg-query", "-W", "-f=${Version}", "hey"]) + ")",
+        "proxy workers": str(BENCH_ARGS.proxy_workers or "default (" + str(max(1, min(os.cpu_count() or 1, 4))) + ")"),
+    }
+
+
+def fmt_s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if not a or not b else f"{a / b:.2f}x"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def g(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+
+def report(results: dict[str, Any], args: argparse.Namespace, started: float) -> str:
+    m = machine()
+    L = results["large"]
+    names = {"proxy": "artifact-proxy", "proxy-nofsync": "artifact-proxy, fsync off (diagnostic)", "mlflow": "MLflow --artifacts-only", "nginx": "nginx (WebDAV PUT, sendfile)",
+             "sink": "raw PUT sink (asyncio)"}
+    out: list[str] = []
+    w = out.append
+    w("# Benchmarks: artifact-proxy vs `mlflow server --artifacts-only` vs nginx\n")
+    w(f"Generated by `make bench` (`bash bench/setup.sh && .venv/bin/python bench/run.py`) on "
+      f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; the run took {(time.time() - started) / 60:.1f} min. "
+      "Single runs on a shared 2-core VM where other test suites were running: read the ratios, not the absolute "
+      "numbers. Large transfers are the median of "
+      f"{args.reps} runs; small requests run {args.duration:g} s each after a 256-request warm-up.\n")
+    w("## Machine and settings\n")
+    w("| | |\n|---|---|")
+    for k, v in m.items():
+        w(f"| {k} | {v} |")
+    w("| MLflow workers | default (4 uvicorn workers + job runner) |")
+    w("| nginx | `worker_processes auto`, `sendfile on`, `access_log off`, WebDAV PUT |")
+    w("| access logs | off everywhere (`--no-access-log`; MLflow logs at its default level) |")
+    w("")
+
+    # ---- large
+    w("## 1 GiB upload and download (local disk)\n")
+    w("Upload: `curl -T FILE URL`; download: `curl -o /dev/null URL`. Peak RSS is sampled every 50 ms over the "
+      "server's whole process tree: *per process* is the largest single process, *tree* the largest sum.\n")
+    w("| Server | upload s | upload peak RSS MB (process / tree) | download s | download peak RSS MB "
+      "(process / tree) |")
+    w("|---|---:|---:|---:|---:|")
+    for key in ("proxy", "proxy-nofsync", "mlflow", "nginx", "sink"):
+        if key not in L:
+            continue
+        up, down = L[key].get("upload"), L[key].get("download")
+        cells = []
+        for t in (up, down):
+            if t:
+                cells += [fmt_s(t["seconds"]), f"{mb(t['rss']['proc_max'])} / {mb(t['rss']['tree_max'])}"]
+            else:
+                cells += ["n/a", "n/a"]
+        w(f"| {names[key]} | " + " | ".join(cells) + " |")
+    w("")
+    pu, mu, nu, su = (g(L, k, "upload", "seconds") for k in ("proxy", "mlflow", "nginx", "sink"))
+    pd, md, nd = (g(L, k, "download", "seconds") for k in ("proxy", "mlflow", "nginx"))
+    w(f"Ratios: upload ours/sink {ratio(pu, su)}, ours/nginx {ratio(pu, nu)}, MLflow/ours {ratio(mu, pu)}; "
+      f"download ours/nginx {ratio(pd, nd)}, MLflow/ours {ratio(md, pd)}.\n")
+    w("All runs (s): " + "; ".join(
+        f"{k} {op} " + ", ".join(f"{x:.2f}" for x in L[k][op]["all"])
+        for k in L for op in ("upload", "download") if L[k].get(op)) + "\n")
+    w("Note: artifact-proxy's local store fsyncs each upload before renaming it into place (durable, atomic); "
+      "the raw sink, nginx and MLflow do not fsync, so ours pays the disk writeback inside the timed upload. The "
+      "*fsync off* row (`ARTIFACT_PROXY_FSYNC_UPLOADS=false`) is a diagnostic showing that cost; the targets are "
+      "judged on the default configuration.\n")
+
+    # ---- big
+    B = results.get("big") or {}
+    if B:
+        w("## 4 GiB upload and download through artifact-proxy (memory stays flat)\n")
+        w("| | seconds | peak RSS MB (process / tree) |\n|---|---:|---:|")
+        for op in ("upload", "download"):
+            t = B.get(op)
+            if t:
+                w(f"| {op} | {fmt_s(t['seconds'])} | {mb(t['rss']['proc_max'])} / {mb(t['rss']['tree_max'])} |")
+        w("")
+
+    # ---- small
+    S = results["small"]
+    w(f"## 16 KiB PUT, GET and LIST at concurrency {CONCURRENCY} (hey)\n")
+    w(f"`hey -z {args.duration:g}s -c {CONCURRENCY}`. PUT sends the same 16 KiB body to the **same path** every "
+      "time (hey cannot vary the URL), so it measures overwrite. GET fetches one 16 KiB file. LIST lists a directory "
+      "of 10 files (`GET artifacts?path=bench/small`; nginx: `autoindex_format json` on the directory). Errors are "
+      "non-2xx responses plus transport errors.\n")
+    w("| Server | op | req/s | p50 ms | p99 ms | errors |\n|---|---|---:|---:|---:|---:|")
+    for key in ("proxy", "proxy-nofsync", "mlflow", "nginx"):
+        for op in ("PUT", "GET", "LIST"):
+            r = g(S, key, op)
+            if r:
+                w(f"| {names[key]} | {op} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    w("")
+    w("Ratios (req/s): " + "; ".join(
+        f"{op} ours/MLflow {ratio(g(S, 'proxy', op, 'rps'), g(S, 'mlflow', op, 'rps'))}, "
+        f"nginx/ours {ratio(g(S, 'nginx', op, 'rps'), g(S, 'proxy', op, 'rps'))}" for op in ("PUT", "GET", "LIST"))
+      + ".\n")
+
+    # ---- list and idle
+    Li, I = results["list"], results["idle"]
+    w(f"## Listing a directory of {LIST_N:,} files, and idle memory\n")
+    w("| Server | list 10,000 files, s (median of 5) | idle RSS of the process tree MB | processes |")
+    w("|---|---:|---:|---:|")
+    for key in ("proxy", "mlflow", "nginx", "sink"):
+        if key in Li or key in I:
+            lt = g(Li, key, "seconds")
+            w(f"| {names[key]} | {fmt_s(lt) if lt is not None else '-'} | {mb(g(I, key, 'tree'))} | "
+              f"{g(I, key, 'nprocs') or 'n/a'} |")
+    w("")
+
+    # ---- s3
+    S3 = results.get("s3") or {}
+    w("## S3 backend through SeaweedFS (`weed mini`)\n")
+    if "skipped" in S3:
+        w(S3["skipped"] + "\n")
+    elif S3:
+        w("Proxy: `artifact-proxy server --artifacts-destination s3://bench/proxy` with `MLFLOW_S3_ENDPOINT_URL` "
+          "pointing at SeaweedFS, driven by curl as above. Direct: `bench/s3_direct.py` (aiobotocore, multipart "
+          "with 8 MiB parts and 4 in flight for upload; one streamed GET for download) against the same server.\n")
+        w("| | direct aiobotocore s | through artifact-proxy s | proxy/direct | proxy peak RSS MB (process / tree) |")
+        w("|---|---:|---:|---:|---:|")
+        for op in ("upload", "download"):
+            d, p = g(S3, "direct", op), g(S3, "proxy", op)
+            if p:
+                w(f"| 1 GiB {op} | {fmt_s(d)} | {fmt_s(p['seconds'])} | {ratio(p['seconds'], d)} | "
+                  f"{mb(p['rss']['proc_max'])} / {mb(p['rss']['tree_max'])} |")
+        w("")
+    else:
+        w("Not measured (see errors below).\n")
+
+    # ---- targets
+    w("## Targets\n")
+    w("| Target | measured | result |\n|---|---|---|")
+
+    def tgt(name: str, measured: str, ok: bool | None) -> None:
+        w(f"| {name} | {measured} | {verdict(ok)} |")
+
+    def le(a: float | None, b: float | None) -> bool | None:
+        return None if a is None or b is None else a <= b
+
+    tgt("upload 1 GiB <= 1.5x raw-sink time", f"{fmt_s(pu)} s vs sink {fmt_s(su)} s = {ratio(pu, su)}",
+        le(pu, 1.5 * su) if pu and su else None)
+    tgt("upload 1 GiB >= 3x faster than MLflow", f"MLflow {fmt_s(mu)} s / ours {fmt_s(pu)} s = {ratio(mu, pu)}",
+        le(3 * pu, mu) if pu and mu else None)
+    tgt("download 1 GiB <= 2.5x nginx", f"{fmt_s(pd)} s vs nginx {fmt_s(nd)} s = {ratio(pd, nd)}",
+        le(pd, 2.5 * nd) if pd and nd else None)
+    tgt("download 1 GiB >= 3x faster than MLflow", f"MLflow {fmt_s(md)} s / ours {fmt_s(pd)} s = {ratio(md, pd)}",
+        le(3 * pd, md) if pd and md else None)
+    for op in ("PUT", "GET", "LIST"):
+        ours, theirs = g(S, "proxy", op), g(S, "mlflow", op)
+        if ours and theirs:
+            tgt(f"16 KiB {op} c=32 >= 6x MLflow req/s", f"{ours['rps']:.0f} vs {theirs['rps']:.0f} = "
+                f"{ratio(ours['rps'], theirs['rps'])}", ours["rps"] >= 6 * theirs["rps"])
+        else:
+            tgt(f"16 KiB {op} c=32 >= 6x MLflow req/s", "n/a", None)
+        tgt(f"16 KiB {op} c=32 p99 <= 30 ms, no errors",
+            f"p99 {ours['p99_ms']:.1f} ms, {ours['errors']} errors" if ours else "n/a",
+            (ours["p99_ms"] <= 30 and ours["errors"] == 0) if ours else None)
+    for op in ("upload", "download"):
+        r = g(L, "proxy", op, "rss")
+        tgt(f"peak RSS per serving process <= 100 MB, 1 GiB {op}",
+            f"{mb(r['proc_max'])} MB ({r['proc_max_label']})" if r else "n/a",
+            r["proc_max"] <= 100e6 if r else None)
+    for op in ("upload", "download"):
+        r = g(B, op, "rss")
+        tgt(f"peak RSS per serving process <= 100 MB, 4 GiB {op}",
+            f"{mb(r['proc_max'])} MB ({r['proc_max_label']})" if r else "not run (--no-big)" if not B else "n/a",
+            r["proc_max"] <= 100e6 if r else None)
+    pi, mi = g(I, "proxy", "tree"), g(I, "mlflow", "tree")
+    tgt("idle RSS of the tree <= 1/10 of MLflow's", f"{mb(pi)} MB vs {mb(mi)} MB = {ratio(pi, mi)}",
+        le(10 * pi, mi) if pi and mi else None)
+    for op in ("upload", "download"):
+        r = g(S3, "proxy", op, "rss")
+        if r:
+            tgt(f"(informational) peak RSS per serving process <= 100 MB, S3 1 GiB {op}",
+                f"{mb(r['proc_max'])} MB ({r['proc_max_label']})", r["proc_max"] <= 100e6)
+    for op in ("upload", "download"):
+        d, p = g(S3, "direct", op), g(S3, "proxy", op, "seconds")
+        tgt(f"S3 1 GiB {op} <= 1.3x direct", f"{ratio(p, d)}" if p and d else S3.get("skipped", "n/a"),
+            le(p, 1.3 * d) if p and d else None)
+    w("")
+
+    if results["errors"]:
+        w("## Errors during this run\n")
+        for e in results["errors"]:
+            w(f"- {e}")
+        w("")
+
+    w("## Exact commands\n")
+    w("`$TMP` is the run's temp dir, `$PORT` a free port picked per server. Setup: `bash bench/setup.sh` "
+      "(apt: nginx, hey, wrk; .venv: psutil, py-spy; bench/.venv-mlflow: `pip install 'mlflow>=3,<4'`).\n")
+    w("```")
+    out.extend(COMMANDS)
+    w("```\n")
+    w("nginx config: `bench/nginx.conf.template`; raw sink: `bench/sink.py`; direct S3 client: "
+      "`bench/s3_direct.py`. Raw figures: `bench/results.json` (not committed).\n")
+    return "\n".join(out) + "\n"
+
+
+BENCH_ARGS: argparse.Namespace
+
+
+def main() -> int:
+    global TMP, BENCH_ARGS
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--big", action=argparse.BooleanOptionalAction, default=True,
+                        help="also move 4 GiB through artifact-proxy to show memory stays flat (default on)")
+    parser.add_argument("--reps", type=int, default=3, help="runs per large transfer; the median is reported")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per hey workload")
+    parser.add_argument("--proxy-workers", type=int, default=None, help="default: the server's own default")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--fsync-variant", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time uploads/PUTs with ARTIFACT_PROXY_FSYNC_UPLOADS=false (diagnostic row)")
+    parser.add_argument("--only", default="sink,nginx,proxy,mlflow,s3",
+                        help="comma-separated subset of sink,nginx,proxy,mlflow,s3 (for quick checks)")
+    parser.add_argument("--tmp", type=Path, default=None, help="parent for the temp dir (default: system temp)")
+    args = parser.parse_args()
+    BENCH_ARGS = args
+    for tool in ("curl", "hey"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: run `bash bench/setup.sh` first")
+    if not MLFLOW_BIN.exists():
+        sys.exit(f"{MLFLOW_BIN} not found: run `bash bench/setup.sh` first")
+    started = time.time()
+    TMP = Path(tempfile.mkdtemp(prefix="artifact-proxy-bench-", dir=args.tmp))
+    log(f"temp dir {TMP}")
+    bench = Bench(args)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        bench.run()
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
+        log(f"removed {TMP}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report(bench.results, args, started))
+    (BENCH / "results.json").write_text(json.dumps(bench.results, indent=2, default=str))
+    log(f"wrote {args.out} and bench/results.json in {(time.time() - started) / 60:.1f} min")
+    return 1 if bench.results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
