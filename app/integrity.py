@@ -76,19 +76,22 @@ class DigestingStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         pending: asyncio.Task[None] | None = None
-        buffer = bytearray()
+        parts: list[bytes] = []
+        buffered = 0
         async for chunk in self._chunks:
-            buffer += chunk
-            if len(buffer) < self._block_size:
+            parts.append(chunk)
+            buffered += len(chunk)
+            if buffered < self._block_size:
                 continue
-            block, buffer = bytes(buffer), bytearray()
+            block = b"".join(parts)  # the only copy a body byte takes on its way to storage
+            parts, buffered = [], 0
             if pending is not None:
                 await pending
             pending = asyncio.ensure_future(self._hash(block))
             yield block
         if pending is not None:
             await pending
-        tail = bytes(buffer)
+        tail = b"".join(parts)
         await self._hash(tail)
         self._verify()
         if tail:
