@@ -86,3 +86,16 @@ def test_delete_artifacts_with_the_client(proxy: Proxy, prefix: str, tmp_path: P
 
 def test_list_of_empty_location_is_empty(proxy: Proxy, prefix: str) -> None:
     assert mlflow_artifacts_repo(proxy, f"{prefix}/nothing").list_artifacts() == []
+
+
+def test_early_refusal_of_a_large_put_reaches_the_client_as_a_400(proxy: Proxy, prefix: str, tmp_path: Path) -> None:
+    # The service answers before reading the body; the client must see the 400, not a reset it would retry.
+    from requests import HTTPError
+
+    refused = tmp_path / ".artifact.uploading.model.bin"
+    refused.write_bytes(os.urandom(30 * 1024 * 1024))
+    repo = HttpArtifactRepository(proxy.artifact_url(f"{prefix}/run"))
+    with pytest.raises(HTTPError) as caught:
+        repo.log_artifact(str(refused))
+    assert caught.value.response.status_code == 400
+    assert caught.value.response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
