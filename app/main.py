@@ -22,7 +22,7 @@ from app.errors import (
     handle_validation_error,
 )
 from app.metrics import RequestObserver, metrics_endpoint
-from app.middleware import SecurityHeadersMiddleware
+from app.middleware import SecurityMiddleware
 from app.routes import artifacts, meta, multipart, signed
 from app.settings import Settings
 from app.storage import open_store
@@ -82,7 +82,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(multipart.routes(prefix))
         app.router.routes.extend(signed.routes(prefix))
     app.router.routes.extend(meta.routes(settings))
-    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(
+        SecurityMiddleware,
+        allowed_hosts=Settings.split_list(settings.allowed_hosts),
+        allowed_origins=Settings.split_list(settings.cors_allowed_origins),
+    )
     if settings.metrics:
         app.router.routes.append(Route(f"{settings.static_prefix}/metrics", metrics_endpoint, methods=["GET"]))
     app.add_middleware(RequestObserver, access_log=settings.access_log)  # outermost: sees every final status

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     audit_log: str | None = Field(None, validation_alias=_env("audit_log"))  # a file path, or "-" for stdout
     forbid_overwrite: bool = Field(False, validation_alias=_env("forbid_overwrite"))
 
+    # Host allow-list and browser cross-origin policy, under MLflow's variable names (comma-separated).
+    allowed_hosts: str | None = Field(None, validation_alias=_env("allowed_hosts", "MLFLOW_SERVER_ALLOWED_HOSTS"))
+    cors_allowed_origins: str | None = Field(
+        None, validation_alias=_env("cors_allowed_origins", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS")
+    )
+
     # Uploads: bytes per write/thread hop, fsync before the atomic rename, and an optional size limit (413).
     upload_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("upload_chunk_size"))
     download_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("download_chunk_size"))
@@ -81,6 +87,10 @@ class Settings(BaseSettings):
                 "set a long random secret (e.g. `openssl rand -hex 32`), the same on every replica"
             )
         return self
+
+    @staticmethod
+    def split_list(value: str | None) -> list[str]:
+        return [item.strip() for item in (value or "").split(",") if item.strip()]
 
     @property
     def api_prefixes(self) -> list[str]:

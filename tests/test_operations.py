@@ -73,3 +73,19 @@ def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> No
             reply = sock.recv(4096)
         assert reply.startswith(b"HTTP/1.1 200")
         assert (root / "g" / "in-flight.bin").read_bytes() == body
+
+
+def test_host_allow_list_and_cross_origin_refusal(tmp_path: Path) -> None:
+    env = {"MLFLOW_SERVER_ALLOWED_HOSTS": "127.0.0.1:*,artifacts.example.com",
+           "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": "https://ui.example.com"}
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
+        url = proxy.artifact_url("h.txt")
+        assert httpx.put(url, content=b"ok").status_code == 200
+        rebound = httpx.get(url, headers={"Host": "evil.example.net"})
+        assert rebound.status_code == 403
+        assert rebound.json()["error_code"] == "PERMISSION_DENIED"
+        assert httpx.get(url, headers={"Host": "artifacts.example.com"}).status_code == 200
+        foreign = httpx.put(url, content=b"x", headers={"Origin": "https://evil.example.net"})
+        assert foreign.status_code == 403
+        assert httpx.put(url, content=b"y", headers={"Origin": "https://ui.example.com"}).status_code == 200
+        assert httpx.get(url, headers={"Origin": "https://evil.example.net"}).content == b"y"
