@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install install-test bench stack clean
+.PHONY: run test install install-test bench stack mlflow-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch node_modules/.installed
 
-install-test: $(STAMP) node_modules/.installed
+# The full `mlflow` package (tracking server) lives in its own venv: the stack tests drive it.
+mlflow-venv:
+	bash deploy/setup-mlflow-venv.sh
+
+install-test: $(STAMP) node_modules/.installed mlflow-venv
 
 run: install
 	$(BIN)/artifact-proxy server --artifacts-destination ./mlartifacts --host 127.0.0.1 --port 5000
@@ -32,8 +36,11 @@ run: install
 test: install-test
 	$(BIN)/python -m pytest -q
 
+stack: install
+	bash deploy/stack.sh
+
 bench: install-test
 	bash bench/setup.sh && $(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) .venv-mlflow node_modules .pytest_cache

@@ -13,7 +13,7 @@ import uvicorn
 from app import __version__
 from app.logs import log_config
 from app.settings import Settings
-from app.storage import StoreConfigError, open_store, scheme_of
+from app.storage import StoreConfigError, open_store
 
 logger = logging.getLogger("artifact_proxy.cli")
 
@@ -107,8 +107,6 @@ def hash_token_command(token: str | None) -> None:
 def run(settings: Settings) -> None:
     config = log_config(settings.log_level, settings.log_format, settings.audit_log)
     logging.config.dictConfig(config)
-    if scheme_of(settings.artifacts_destination) in ("", "file"):
-        _sweep_local(settings)
     workers = settings.workers or default_workers()
     if settings.metrics and workers > 1:
         _prepare_multiprocess_metrics()
@@ -135,12 +133,3 @@ def _prepare_multiprocess_metrics() -> None:
         if name.endswith(".db"):
             os.unlink(os.path.join(directory, name))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-
-
-def _sweep_local(settings: Settings) -> None:
-    # Before any worker exists, every temp file is a leftover from a crash: remove them all.
-    from app.storage.local import local_root, sweep_temp_files
-
-    root = local_root(settings.artifacts_destination).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    sweep_temp_files(os.path.realpath(root))

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     download_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("download_chunk_size"))
     fsync_uploads: bool = Field(True, validation_alias=_env("fsync_uploads"))
     max_upload_size: int | None = Field(None, ge=0, validation_alias=_env("max_upload_size"))
+    # A temp file untouched this long is a crash leftover; younger ones may be live uploads of another worker or
+    # replica sharing the directory, so startup leaves them alone.
+    stale_upload_age: int = Field(600, ge=0, validation_alias=_env("stale_upload_age"))
 
     # Multipart and presigned URLs.
     enable_multipart: bool = Field(True, validation_alias=_env("enable_multipart"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -110,9 +111,13 @@ def test_leftover_temp_files_are_removed_at_startup(tmp_path: Path) -> None:
     leftovers = [root / f"{TEMP_PREFIX}1", root / "a" / "b" / f"{TEMP_PREFIX}2"]
     for leftover in leftovers:
         leftover.write_bytes(b"half an upload")
+        os.utime(leftover, (time.time() - 3600,) * 2)  # a crash an hour ago
+    live = root / "a" / f"{TEMP_PREFIX}live"  # another replica's upload, being written right now
+    live.write_bytes(b"in flight")
     (root / "a" / "kept.txt").write_text("kept")
     with running_proxy(str(root), tmp_path / "proxy"):
         assert not any(leftover.exists() for leftover in leftovers)
+        assert live.exists()
         assert (root / "a" / "kept.txt").read_text() == "kept"
 
 

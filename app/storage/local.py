@@ -101,9 +101,7 @@ class LocalStore(LocalPresigning):
     def _prepare_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
-        # Only stale temp files are swept here: with several workers, a young one may belong to a live upload in
-        # a sibling process. The CLI sweeps everything once before any worker starts.
-        sweep_temp_files(self._real_root, older_than=3600)
+        sweep_temp_files(self._real_root, older_than=self.settings.stale_upload_age)
         sweep_expired_staging(self._real_root, max_age=2 * self.settings.multipart_url_ttl)
 
     async def close(self) -> None:
