@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 VENV_BIN = Path(sys.executable).parent
 PROXY_BIN = VENV_BIN / "artifact-proxy"
-MLFLOW_VENV = Path(os.environ.get("MLFLOW_VENV", BENCH / ".venv-mlflow"))
+MLFLOW_VENV = Path(os.environ.get("MLFLOW_VENV", BENCH.parent / ".venv-mlflow"))
 MLFLOW_BIN = MLFLOW_VENV / "bin" / "mlflow"
 WEED_BIN = Path(shutil.which("weed", path=str(VENV_BIN)) or VENV_BIN / "weed")
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -853,7 +853,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
 
     w("## Exact commands\n")
     w("`$TMP` is the run's temp dir, `$PORT` a free port picked per server. Setup: `bash bench/setup.sh` "
-      "(apt: nginx, hey, wrk; .venv: psutil, py-spy; bench/.venv-mlflow: `pip install 'mlflow>=3,<4'`).\n")
+      "(apt: nginx, hey, wrk; .venv: psutil, py-spy; `.venv-mlflow`: deploy/setup-mlflow-venv.sh).\n")
     w("```")
     out.extend(COMMANDS)
     w("```\n")

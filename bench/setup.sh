@@ -2,12 +2,12 @@
 # Installs what `bench/run.py` needs. Idempotent: every step checks before it installs.
 #   - nginx, hey (and wrk, optional) from apt
 #   - psutil and py-spy into the project venv (.venv)
-#   - MLflow 3.x into its own venv, bench/.venv-mlflow (about 850 MB), so it cannot disturb the project's deps
+#   - MLflow 3.x in its own venv, .venv-mlflow (shared with the stack tests; deploy/setup-mlflow-venv.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV_PY=${VENV_PY:-$ROOT/.venv/bin/python}
-MLFLOW_VENV=${MLFLOW_VENV:-$ROOT/bench/.venv-mlflow}
+MLFLOW_VENV=${MLFLOW_VENV:-$ROOT/.venv-mlflow}
 
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
@@ -38,11 +38,6 @@ if [ ! -x "$(dirname "$VENV_PY")/py-spy" ]; then
     "$VENV_PY" -m pip install -q py-spy || echo "setup: py-spy unavailable (optional), continuing"
 fi
 
-# MLflow peer in its own venv.
-if [ ! -x "$MLFLOW_VENV/bin/mlflow" ] || ! "$MLFLOW_VENV/bin/python" -c "import mlflow.server" 2>/dev/null; then
-    echo "setup: creating $MLFLOW_VENV and installing mlflow 3.x (about 850 MB, a few minutes)"
-    [ -x "$MLFLOW_VENV/bin/python" ] || python3 -m venv "$MLFLOW_VENV"
-    "$MLFLOW_VENV/bin/python" -m pip install -q --upgrade pip
-    "$MLFLOW_VENV/bin/python" -m pip install -q 'mlflow>=3,<4'
-fi
+# MLflow peer in its own venv, the one `make test` already builds for the stack tests.
+MLFLOW_VENV="$MLFLOW_VENV" bash deploy/setup-mlflow-venv.sh
 echo "setup: ok (mlflow $("$MLFLOW_VENV/bin/python" -c 'import mlflow; print(mlflow.__version__)'))"
