@@ -25,7 +25,7 @@ from app.metrics import RequestObserver, metrics_endpoint
 from app.middleware import SecurityMiddleware
 from app.routes import artifacts, meta, multipart, signed
 from app.settings import Settings
-from app.storage import open_store
+from app.storage import open_store, redacted
 
 logger = logging.getLogger("artifact_proxy")
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.artifacts_destination, settings)
         await store.start()
         app.state.store = store
-        logger.info("serving artifacts from %s", settings.artifacts_destination)
+        logger.info("serving artifacts from %s", redacted(settings.artifacts_destination))
         try:
             yield
         finally:

@@ -27,14 +27,18 @@ def local_server(tmp_dir: Path) -> Iterator[StorageServer]:
 
 def _backend_factories() -> dict[str, Callable[[Path], AbstractContextManager[StorageServer]]]:
     from tests.servers.azure import azurite_server
+    from tests.servers.ftp import ftp_server
     from tests.servers.gcs import fake_gcs_server
     from tests.servers.s3 import seaweedfs_server
+    from tests.servers.sftp import sftp_server
 
     factories: dict[str, Callable[[Path], AbstractContextManager[StorageServer]]] = {
         "local": local_server,
         "s3": seaweedfs_server,
         "gcs": fake_gcs_server,
         "azure": azurite_server,
+        "sftp": sftp_server,
+        "ftp": ftp_server,
     }
     return factories
 
@@ -79,6 +83,17 @@ def proxy(
 def verifies_signatures(backend: str) -> None:
     if backend in UNVERIFIED_SIGNATURES:
         pytest.skip(f"the {backend} emulator does not verify URL signatures; covered against real services only")
+
+
+# Backends with no presigned multipart or downloads answer the 501 constants (wire spec §4): the presigning contract
+# cannot run against them. Their 501s and server-info are tested in tests/test_storage_<backend>.py.
+NO_PRESIGNING = {"sftp", "ftp"}
+
+
+@pytest.fixture
+def presigning_backend(backend: str) -> None:
+    if backend in NO_PRESIGNING:
+        pytest.skip(f"the {backend} backend cannot presign: multipart and presigned downloads answer 501")
 
 
 @pytest.fixture

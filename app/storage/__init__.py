@@ -20,6 +20,11 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "gs": ("app.storage.gcs", "GCSStore", "gcs"),
     "wasbs": ("app.storage.azure", "AzureBlobStore", "azure"),
     "wasb": ("app.storage.azure", "AzureBlobStore", "azure"),
+    "sftp": ("app.storage.sftp", "SFTPStore", "sftp"),
+    "ftp": ("app.storage.ftp", "FTPStore", "ftp"),
+    "ftps": ("app.storage.ftp", "FTPStore", "ftp"),
+    "hdfs": ("app.storage.hdfs", "open_hdfs", ""),
+    "viewfs": ("app.storage.hdfs", "open_hdfs", ""),
 }
 
 
@@ -33,11 +38,22 @@ def scheme_of(uri: str) -> str:
     return "" if len(scheme) == 1 else scheme
 
 
+def redacted(uri: str) -> str:
+    """The URI with any password replaced, for logs and error messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def open_store(uri: str, settings: Settings) -> ArtifactStore:
     scheme = scheme_of(uri)
     if scheme not in REGISTRY:
         known = ", ".join(sorted(s + "://" for s in REGISTRY if s))
-        raise StoreConfigError(f"Unsupported artifacts destination scheme {scheme!r} in {uri!r}; use a path or {known}")
+        raise StoreConfigError(
+            f"Unsupported artifacts destination scheme {scheme!r} in {redacted(uri)!r}; use a path or {known}"
+        )
     module_name, factory_name, extra = REGISTRY[scheme]
     try:
         module = importlib.import_module(module_name)

@@ -265,3 +265,19 @@ def test_digest_mismatch_stores_nothing(http: httpx.Client, prefix: str, size: i
     right = base64.b64encode(hashlib.sha256(data).digest()).decode()
     assert http.put(url, content=data, headers={"Repr-Digest": f"sha-256=:{right}:"}).status_code == 200
     assert http.get(url).content == data
+
+
+def test_server_info_tells_the_truth_about_presigning(http: httpx.Client, proxy: Proxy, prefix: str) -> None:
+    info = httpx.get(f"{proxy.url}/api/3.0/mlflow/server-info").json()
+    create = http.post(f"/mpu/create/{prefix}", json={"path": "/local/x.bin", "num_parts": 1})
+    if info["multipart_uploads_enabled"]:
+        assert create.status_code == 200
+        body = {"path": "x.bin", "upload_id": create.json().get("upload_id")}
+        assert http.post(f"/mpu/abort/{prefix}", json=body).status_code == 200
+    else:
+        assert (create.status_code, create.json()) == (501, {
+            "error_code": "NOT_IMPLEMENTED",
+            "message": "Multipart upload is not supported for the current artifact repository"})
+    put(http, f"{prefix}/p.txt", b"p")
+    presigned = http.get(f"/presigned/{prefix}/p.txt")
+    assert presigned.status_code == (200 if info["multipart_downloads_enabled"] else 501)

@@ -14,6 +14,8 @@ from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepositor
 from tests.servers import free_port
 from tests.utils.proxy import Proxy
 
+pytestmark = pytest.mark.usefixtures("presigning_backend")
+
 MiB = 1024 * 1024
 PART = 5 * MiB  # the S3 minimum part size; every backend accepts it
 

@@ -1,0 +1,356 @@
+"""SFTPStore against a real SFTP server (asyncssh's, in its own process): transfers, atomicity, login, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import cast
+
+import asyncssh
+import httpx
+import pytest
+from starlette.requests import ClientDisconnect
+
+from app.errors import (
+    AlreadyExists,
+    ArtifactNotFound,
+    InvalidParameter,
+    IsADirectoryArtifact,
+    StorageMisconfigured,
+    StorageUnavailable,
+)
+from app.main import create_app
+from app.paths import ArtifactPath, canonical_path
+from app.settings import Settings
+from app.storage import StoreConfigError
+from app.storage.base import WriteOptions, supports_multipart_upload, supports_presigned_download
+from app.storage.sftp import SFTPConfig, SFTPStore, parse_sftp_uri
+from tests.servers import StorageServer, stop_process
+from tests.servers.sftp import USER, make_files, restart_sftp, sftp_server
+
+BLOCK = 64 * 1024  # the smallest upload block the settings allow: multi-block uploads stay small
+PASSWORD = "not-a-real-secret"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
+    with sftp_server(tmp_path_factory.mktemp("sftp"), password=PASSWORD) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # only the keys a test names may log in
+
+
+def config_for(server: StorageServer, **overrides: object) -> SFTPConfig:
+    env = server.env
+    values: dict[str, object] = {"known_hosts": env["ARTIFACT_PROXY_SFTP_KNOWN_HOSTS"],
+                                 "identity_file": env["ARTIFACT_PROXY_SFTP_IDENTITY_FILE"],
+                                 "ssh_config": env["ARTIFACT_PROXY_SFTP_CONFIG"], **overrides}
+    return SFTPConfig(**values)  # type: ignore[arg-type]
+
+
+def make_store(server: StorageServer, destination: str | None = None, **overrides: object) -> SFTPStore:
+    settings = Settings(upload_chunk_size=BLOCK, download_chunk_size=BLOCK, storage_timeout=10)  # type: ignore[call-arg]
+    return SFTPStore(destination or f"{server.destination}/{uuid.uuid4().hex[:8]}", settings,
+                     config_for(server, **overrides))
+
+
+def root_dir(server: StorageServer, store: SFTPStore) -> Path:
+    """The store's directory as the server's filesystem sees it (the server is chrooted to `sftp-root`)."""
+    keys_dir = Path(server.env["ARTIFACT_PROXY_SFTP_KNOWN_HOSTS"]).parent
+    return keys_dir.parent / "sftp-root" / store.root.lstrip("/")
+
+
+@pytest.fixture
+async def store(server: StorageServer) -> AsyncIterator[SFTPStore]:
+    sftp = make_store(server)
+    await sftp.start()
+    yield sftp
+    await sftp.close()
+
+
+def p(raw: str) -> ArtifactPath:
+    return canonical_path(raw)
+
+
+async def stream(data: bytes, chunk: int = 10_000, fail_after: int | None = None,
+                 hang: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    """The body of an upload; after `fail_after` bytes it fails, or with `hang` it sets the event and stalls."""
+    for start in range(0, len(data), chunk):
+        if fail_after is not None and start >= fail_after:
+            if hang is None:
+                raise ClientDisconnect()  # what the request body raises when the client goes away
+            hang.set()
+            await asyncio.Event().wait()
+        yield data[start : start + chunk]
+
+
+async def read_all(store: SFTPStore, raw: str, start: int = 0, end: int | None = None) -> bytes:
+    handle = await store.open_read(p(raw))
+    try:
+        return b"".join([c async for c in handle.iter_range(start, handle.meta.size if end is None else end)])
+    finally:
+        await handle.aclose()
+
+
+def test_uri_parsing() -> None:
+    target = parse_sftp_uri("sftp://me:p%40ss@host:2222/srv/artifacts/")
+    assert (target.username, target.password, target.host, target.port, target.root) == (
+        "me", "p@ss", "host", 2222, "/srv/artifacts")
+    assert parse_sftp_uri("sftp://host").root == "."
+    assert parse_sftp_uri("sftp://host/~/mlruns").root == "mlruns"
+    assert parse_sftp_uri("sftp://host/").root == "/"
+    assert parse_sftp_uri("sftp://host/x").username is None  # then ~/.ssh/config's User, or the local user
+    with pytest.raises(StoreConfigError):
+        parse_sftp_uri("sftp:///no-host")
+
+
+def test_missing_or_unreadable_key_files_fail_at_startup(server: StorageServer, tmp_path: Path) -> None:
+    for field in ("identity_file", "known_hosts", "ssh_config"):
+        with pytest.raises(StoreConfigError, match="does not exist"):
+            make_store(server, **{field: str(tmp_path / "nope")})
+    (tmp_path / "garbage").write_text("garbage\n")
+    for field, name in (("identity_file", "IDENTITY_FILE"), ("known_hosts", "KNOWN_HOSTS")):
+        with pytest.raises(StoreConfigError, match=f"ARTIFACT_PROXY_SFTP_{name}: cannot use"):
+            make_store(server, **{field: str(tmp_path / "garbage")})
+    encrypted = asyncssh.generate_private_key("ssh-ed25519")
+    encrypted.write_private_key(tmp_path / "encrypted", "pkcs8-pem", passphrase="secret", cipher_name="aes256-cbc")
+    with pytest.raises(StoreConfigError, match="Passphrase must be specified"):  # such keys belong in the agent
+        make_store(server, identity_file=str(tmp_path / "encrypted"))
+
+
+@pytest.mark.parametrize("size", [0, 1000, 3 * BLOCK + 7])
+async def test_round_trip(store: SFTPStore, size: int) -> None:
+    data = os.urandom(size)
+    await store.write(p("dir/sub/blob.bin"), stream(data), None)
+    assert await read_all(store, "dir/sub/blob.bin") == data
+    handle = await store.open_read(p("dir/sub/blob.bin"))
+    assert handle.meta.size == size and handle.meta.etag and handle.meta.last_modified
+    await handle.aclose()
+
+
+async def test_range_reads(store: SFTPStore) -> None:
+    data = os.urandom(2 * BLOCK + 100)
+    await store.write(p("r.bin"), stream(data), len(data))
+    for start, end in [(0, 10), (BLOCK - 5, BLOCK + 5), (len(data) - 1, len(data)), (7, 7)]:
+        assert await read_all(store, "r.bin", start, end) == data[start:end]
+
+
+async def test_open_handle_keeps_reading_its_version(store: SFTPStore) -> None:
+    await store.write(p("v.bin"), stream(b"old" * 1000), None)
+    handle = await store.open_read(p("v.bin"))
+    await store.write(p("v.bin"), stream(b"new!" * 10), None)  # renamed over the old file, which stays readable
+    assert b"".join([c async for c in handle.iter_range(0, handle.meta.size)]) == b"old" * 1000
+    await handle.aclose()
+    assert await read_all(store, "v.bin") == b"new!" * 10
+
+
+@pytest.mark.parametrize("failure", ["error", "cancel"])
+async def test_failed_upload_keeps_previous_version(server: StorageServer, store: SFTPStore, failure: str) -> None:
+    await store.write(p("keep.bin"), stream(b"previous"), None)
+    data = os.urandom(4 * BLOCK)
+    if failure == "error":
+        with pytest.raises(ClientDisconnect):
+            await store.write(p("keep.bin"), stream(data, fail_after=2 * BLOCK), None)
+    else:
+        stalled = asyncio.Event()
+        task = asyncio.ensure_future(store.write(p("keep.bin"), stream(data, fail_after=2 * BLOCK, hang=stalled), None))
+        await stalled.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await read_all(store, "keep.bin") == b"previous"
+    assert sorted(os.listdir(root_dir(server, store))) == ["keep.bin"]  # no temp file left behind
+
+
+async def test_create_only(store: SFTPStore) -> None:
+    once = WriteOptions(create_only=True)
+    await store.write(p("once.txt"), stream(b"first"), None, once)
+    with pytest.raises(AlreadyExists):
+        await store.write(p("once.txt"), stream(b"second"), None, once)
+    results = await asyncio.gather(*(store.write(p("race.txt"), stream(bytes([i]) * 50_000), None, once)
+                                     for i in range(4)), return_exceptions=True)
+    assert sum(r is None for r in results) == 1  # a hard link is atomic: exactly one racer wins
+    assert all(isinstance(r, AlreadyExists) for r in results if r is not None)
+    assert await read_all(store, "once.txt") == b"first"
+    assert [f.path for f in await store.list(p(""))] == ["once.txt", "race.txt"]
+
+
+async def test_servers_without_openssh_extensions(store: SFTPStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def unsupported(*args: object) -> None:
+        raise asyncssh.SFTPOpUnsupported("not supported")
+
+    for name in ("posix_rename", "link"):  # what a plain SFTP v3 server lacks
+        monkeypatch.setattr(asyncssh.SFTPClient, name, unsupported)
+    monkeypatch.setattr(asyncssh.SFTPClientFile, "fsync", unsupported)
+    await store.write(p("x.txt"), stream(b"one"), None)
+    await store.write(p("x.txt"), stream(b"two"), None)  # replaced in two steps
+    assert await read_all(store, "x.txt") == b"two"
+    once = WriteOptions(create_only=True)
+    await store.write(p("y.txt"), stream(b"first"), None, once)  # the standard rename, which never replaces
+    with pytest.raises(AlreadyExists):
+        await store.write(p("y.txt"), stream(b"second"), None, once)
+    assert await read_all(store, "y.txt") == b"first"
+    assert [f.path for f in await store.list(p(""))] == ["x.txt", "y.txt"]
+
+
+async def test_list(server: StorageServer, store: SFTPStore) -> None:
+    await store.write(p("a/one.txt"), stream(b"1"), None)
+    await store.write(p("a/sub/two.txt"), stream(b"22"), None)
+    base = root_dir(server, store)
+    (base / "a" / ".artifact.uploading.stale").write_bytes(b"partial")
+    (base / "a" / "link-to-sub").symlink_to("sub")
+    (base / "a" / "dangling").symlink_to("nowhere")
+    listed = [(f.path, f.is_dir, f.file_size) for f in await store.list(p("a"))]
+    assert listed == [("link-to-sub", True, None), ("one.txt", False, 1), ("sub", True, None)]
+    assert await store.list(p("a/one.txt")) == []
+    assert await store.list(p("missing")) == []
+    assert [f.path for f in await store.list(p(""))] == ["a"]
+
+
+async def test_delete(server: StorageServer, store: SFTPStore) -> None:
+    await store.write(p("d/keep.txt"), stream(b"k"), None)
+    await store.write(p("d/tree/x/y.txt"), stream(b"y"), None)
+    await store.write(p("d/gone.txt"), stream(b"g"), None)
+    (root_dir(server, store) / "d" / "link").symlink_to("tree")
+    await store.delete(p("d/gone.txt"))
+    await store.delete(p("d/link"))  # the link goes, never what it points to
+    assert [f.path for f in await store.list(p("d"))] == ["keep.txt", "tree"]
+    await store.delete(p("d/tree"))
+    await store.delete(p("d/never-existed"))
+    assert [f.path for f in await store.list(p("d"))] == ["keep.txt"]
+    with pytest.raises(InvalidParameter):
+        await store.delete(p(""))
+
+
+async def test_missing_directory_and_conflicts(store: SFTPStore) -> None:
+    await store.write(p("f/file.txt"), stream(b"x"), None)
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("f/nope.txt"))
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("f/file.txt/below"))
+    for directory in ("f", ""):
+        with pytest.raises(IsADirectoryArtifact):
+            await store.open_read(p(directory))
+    with pytest.raises(InvalidParameter, match="a parent path is a file"):
+        await store.write(p("f/file.txt/below"), stream(b"x"), None)
+    with pytest.raises(InvalidParameter, match="it is a directory"):
+        await store.write(p("f"), stream(b"x"), None)
+
+
+async def test_capabilities_answer_501_and_server_info_false(store: SFTPStore) -> None:
+    assert not supports_multipart_upload(store) and not supports_presigned_download(store)
+    app = create_app(Settings())  # type: ignore[call-arg]
+    app.state.store = store  # the lifespan (not run by ASGITransport) would open it from the registry
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client:
+        info = (await client.get("/api/3.0/mlflow/server-info")).json()
+        assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (False, False)
+        created = await client.post("/api/2.0/mlflow-artifacts/mpu/create/d", json={"path": "m.bin", "num_parts": 2})
+        assert created.status_code == 501
+        assert created.json() == {"error_code": "NOT_IMPLEMENTED",
+                                  "message": "Multipart upload is not supported for the current artifact repository"}
+        presigned = await client.get("/api/2.0/mlflow-artifacts/presigned/d/m.bin")
+        assert presigned.status_code == 501
+        assert presigned.json()["message"].startswith("Multipart download is not supported")
+
+
+async def test_password_in_uri_works_and_is_warned_about(
+    server: StorageServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    destination = server.destination.replace(f"{USER}@", f"{USER}:{PASSWORD}@") + "/pw"
+    with caplog.at_level(logging.WARNING, "artifact_proxy.storage.sftp"):
+        sftp = make_store(server, destination, identity_file=None)
+    assert "carries a password" in caplog.text and PASSWORD not in caplog.text
+    await sftp.start()
+    try:
+        await sftp.write(p("x.txt"), stream(b"via password"), None)
+        assert await read_all(sftp, "x.txt") == b"via password"
+    finally:
+        await sftp.close()
+
+
+async def test_ssh_config_host_entry(server: StorageServer, tmp_path: Path) -> None:
+    port = server.endpoint.rsplit(":", 1)[1]
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host artifacts-box\n  HostName 127.0.0.1\n  Port {port}\n  User {USER}\n"
+                      f"  IdentityFile {server.env['ARTIFACT_PROXY_SFTP_IDENTITY_FILE']}\n")
+    sftp = make_store(server, "sftp://artifacts-box/artifacts/via-config", identity_file=None, ssh_config=str(config))
+    await sftp.start()
+    try:
+        await sftp.write(p("c.txt"), stream(b"config"), None)
+        assert await read_all(sftp, "c.txt") == b"config"
+    finally:
+        await sftp.close()
+
+
+async def test_untrusted_host_key_and_wrong_key_are_misconfiguration(server: StorageServer, tmp_path: Path) -> None:
+    other = make_files(tmp_path / "other", int(server.endpoint.rsplit(":", 1)[1]))
+    for overrides in ({"known_hosts": str(other.known_hosts)}, {"identity_file": str(other.client_key)}):
+        sftp = make_store(server, **overrides)
+        with pytest.raises(StorageMisconfigured) as caught:
+            await sftp.start()
+        assert caught.value.status_code == 502
+        await sftp.close()
+    relaxed = make_store(server, known_hosts="none")  # host-key checking off: connects to any server
+    await relaxed.start()
+    await relaxed.check_ready()
+    await relaxed.close()
+
+
+async def test_outage_then_recovery_without_restarting_the_store(tmp_path: Path) -> None:
+    with sftp_server(tmp_path) as flaky:
+        sftp = make_store(flaky)
+        await sftp.start()
+        try:
+            await sftp.write(p("f.txt"), stream(b"before"), None)
+            stop_process(flaky.process)
+            for attempt in (sftp.check_ready(), sftp.open_read(p("f.txt")), sftp.list(p("")),
+                            sftp.write(p("g.txt"), stream(b"g"), None), sftp.delete(p("f.txt"))):
+                with pytest.raises(StorageUnavailable) as caught:
+                    await attempt
+                assert caught.value.status_code == 503 and caught.value.headers["Retry-After"]
+            restart_sftp(flaky)
+            await sftp.check_ready()  # reconnected on use
+            assert await read_all(sftp, "f.txt") == b"before"
+        finally:
+            await sftp.close()
+
+
+async def test_start_with_the_server_down_serves_503_until_it_is_up(tmp_path: Path) -> None:
+    with sftp_server(tmp_path) as late:
+        stop_process(late.process)
+        sftp = make_store(late)
+        await sftp.start()  # logs a warning; the service still starts
+        try:
+            results = await asyncio.gather(*(sftp.list(p("")) for _ in range(5)), return_exceptions=True)
+            assert all(isinstance(result, StorageUnavailable) for result in results)
+            assert sftp._attempts == 2  # start's, then one shared by the five queued requests
+            restart_sftp(late)
+            assert await sftp.list(p("")) == []
+        finally:
+            await sftp.close()
+
+
+async def test_a_connection_lost_mid_operation_is_retried_on_a_new_one(store: SFTPStore) -> None:
+    await store.write(p("r.txt"), stream(b"r"), None)
+    seen: list[asyncssh.SFTPClient] = []
+
+    async def flaky(client: asyncssh.SFTPClient) -> bytes:
+        seen.append(client)
+        if len(seen) == 1:
+            raise asyncssh.SFTPConnectionLost("connection lost")
+        async with client.open(store.root + "/r.txt", "rb") as file:
+            return cast(bytes, await file.read())
+
+    assert await store.run("reading", "r.txt", flaky) == b"r"
+    assert len(seen) == 2 and seen[0] is not seen[1]  # the lost connection was dropped and replaced
+    seen.clear()
+    with pytest.raises(StorageUnavailable):  # an operation that must not run twice is not retried
+        await store.run("publishing", "r.txt", flaky, retry=False)
+    assert len(seen) == 1
