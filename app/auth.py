@@ -86,9 +86,7 @@ class Rule:
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
     def allows(self, principal: Principal, operation: Operation) -> bool:
-        return any(
-            principal.matches(who) for op, whos in self.grants.items() if op >= operation for who in whos
-        )
+        return any(principal.matches(who) for op, whos in self.grants.items() if op >= operation for who in whos)
 
 
 @dataclass
@@ -117,8 +115,13 @@ class AuthConfig:
             for rule in raw.get("rules", [])
         ]
         headers = raw.get("trusted_headers", {})
-        return cls(users, tokens, sorted(rules, key=lambda r: len(r.prefix), reverse=True),
-                   headers.get("user"), headers.get("groups"))
+        return cls(
+            users,
+            tokens,
+            sorted(rules, key=lambda r: len(r.prefix), reverse=True),
+            headers.get("user"),
+            headers.get("groups"),
+        )
 
     def groups_of(self, user: str) -> frozenset[str]:
         return frozenset(str(g) for g in self.users.get(user, {}).get("groups", ()))  # type: ignore[union-attr]
@@ -208,9 +211,7 @@ class Authenticator:
                 if rule.allows(principal, operation):
                     return
                 break
-        raise PermissionDenied(
-            f"User '{principal.name}' may not {operation.name.lower()} '{path.canonical or '/'}'"
-        )
+        raise PermissionDenied(f"User '{principal.name}' may not {operation.name.lower()} '{path.canonical or '/'}'")
 
 
 async def authorize(request: Request, operation: Operation, path: ArtifactPath) -> None:

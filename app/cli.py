@@ -45,8 +45,11 @@ def main() -> None:
 
 
 @main.command(context_settings={"help_option_names": ["--help"]})
-@click.option("--artifacts-destination", default=None, help="Local path, file://, s3://, gs:// or wasbs:// URI "
-              "[env MLFLOW_ARTIFACTS_DESTINATION; default ./mlartifacts].")
+@click.option(
+    "--artifacts-destination",
+    default=None,
+    help="Local path, file://, s3://, gs:// or wasbs:// URI [env MLFLOW_ARTIFACTS_DESTINATION; default ./mlartifacts].",
+)
 @click.option("-h", "--host", default=None, help="Interface to bind [default 127.0.0.1].")
 @click.option("-p", "--port", type=int, default=None, help="Port to listen on [default 5000].")
 @click.option("-w", "--workers", type=int, default=None, help="Worker processes [default: CPU count, at most 4].")

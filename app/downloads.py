@@ -23,7 +23,7 @@ TEXT_EXTENSIONS = frozenset(
 # A private table built from Python's defaults, so answers never depend on the host's /etc/mime.types.
 _MIME = mimetypes.MimeTypes(filenames=())
 _TOKEN_SAFE = re.compile(r"^[A-Za-z0-9!#$&+.^_`|~-]+$")
-_QUOTED_SAFE = re.compile(r'^[\x20-\x7e]+$')
+_QUOTED_SAFE = re.compile(r"^[\x20-\x7e]+$")
 
 
 def content_type(basename: str) -> str:

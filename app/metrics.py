@@ -11,8 +11,15 @@ import logging
 import os
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -84,16 +91,40 @@ class RequestObserver:
         if AUDIT_KEY in scope:
             audit = scope[AUDIT_KEY]
             audit_logger.info(
-                "%s %s %s %s -> %d", audit["user"], audit["op"], audit["path"] or "/", client[0], status,
-                extra={**audit, "status": status, "bytes_in": counts["in"], "bytes_out": counts["out"],
-                       "duration_ms": round(elapsed * 1000, 2), "client": client[0]},
+                "%s %s %s %s -> %d",
+                audit["user"],
+                audit["op"],
+                audit["path"] or "/",
+                client[0],
+                status,
+                extra={
+                    **audit,
+                    "status": status,
+                    "bytes_in": counts["in"],
+                    "bytes_out": counts["out"],
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": client[0],
+                },
             )
         if self.access_log:
             access_logger.info(
                 '%s:%s - "%s %s HTTP/%s" %d',
-                client[0], client[1], method, scope["path"], scope.get("http_version", "1.1"), status,
-                extra={"duration_ms": round(elapsed * 1000, 2), "bytes_in": counts["in"], "bytes_out": counts["out"],
-                       "client": client[0], "method": method, "path": scope["path"], "status": status, "route": route},
+                client[0],
+                client[1],
+                method,
+                scope["path"],
+                scope.get("http_version", "1.1"),
+                status,
+                extra={
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "bytes_in": counts["in"],
+                    "bytes_out": counts["out"],
+                    "client": client[0],
+                    "method": method,
+                    "path": scope["path"],
+                    "status": status,
+                    "route": route,
+                },
             )
 
 

@@ -24,8 +24,9 @@ def _matches(value: str, patterns: list[str]) -> bool:
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None = None,
-                 allowed_origins: list[str] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, allowed_hosts: list[str] | None = None, allowed_origins: list[str] | None = None
+    ) -> None:
         self.app = app
         self.allowed_hosts = allowed_hosts or []
         self.allowed_origins = allowed_origins or []
@@ -52,9 +53,17 @@ class SecurityMiddleware:
         refusal = self._refusal(scope)
         if refusal is not None:
             body = json.dumps({"error_code": "PERMISSION_DENIED", "message": refusal}).encode()
-            await send({"type": "http.response.start", "status": 403, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                *SECURITY_HEADERS]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        *SECURITY_HEADERS,
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
 

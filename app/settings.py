@@ -101,4 +101,7 @@ class Settings(BaseSettings):
 
     @property
     def server_info_paths(self) -> list[str]:
-        return [f"{self.static_prefix}/api/3.0/mlflow/server-info", f"{self.static_prefix}/ajax-api/3.0/mlflow/server-info"]
+        return [
+            f"{self.static_prefix}/api/3.0/mlflow/server-info",
+            f"{self.static_prefix}/ajax-api/3.0/mlflow/server-info",
+        ]

@@ -43,7 +43,11 @@ def summarize(files: list[Path], top: int) -> str:
             self_t[frames[-1]] += count
             for fr in set(frames):
                 incl[fr] += count
-    out = [f"{total} samples (busy threads; idle anyio pool threads dropped) over {len(files)} worker(s)", "", "self time (leaf frames):"]
+    out = [
+        f"{total} samples (busy threads; idle anyio pool threads dropped) over {len(files)} worker(s)",
+        "",
+        "self time (leaf frames):",
+    ]
     out += [f"  {c / total:6.1%}  {fr}" for fr, c in self_t.most_common(top)]
     out += ["", "inclusive time:"]
     out += [f"  {c / total:6.1%}  {fr}" for fr, c in incl.most_common(top * 2)]
@@ -75,26 +79,63 @@ def main() -> None:
             if args.workload == "download":
                 shutil.copy(big, root / "bench/large.bin")
         port = run.free_port()
-        cmd = [str(run.PROXY_BIN), "server", "--artifacts-destination", str(root), "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log"]
+        cmd = [
+            str(run.PROXY_BIN),
+            "server",
+            "--artifacts-destination",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
         server = run.Server("artifact-proxy", cmd, port, "/health", run.TMP)
         with run.running(server):
-            pids = [pid for pid in server.worker_pids()
-                    if "resource_tracker" not in " ".join(run.psutil.Process(pid).cmdline())]
+            pids = [
+                pid
+                for pid in server.worker_pids()
+                if "resource_tracker" not in " ".join(run.psutil.Process(pid).cmdline())
+            ]
             files = [outdir / f"{args.workload}-{pid}.txt" for pid in pids]
-            spies = [subprocess.Popen([str(PY_SPY), "record", "--format", "raw", "--nonblocking", "-r", "250",
-                                       "-d", str(int(args.seconds)), "-p", str(pid), "-o", str(f)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                     for pid, f in zip(pids, files)]
+            spies = [
+                subprocess.Popen(
+                    [
+                        str(PY_SPY),
+                        "record",
+                        "--format",
+                        "raw",
+                        "--nonblocking",
+                        "-r",
+                        "250",
+                        "-d",
+                        str(int(args.seconds)),
+                        "-p",
+                        str(pid),
+                        "-o",
+                        str(f),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for pid, f in zip(pids, files, strict=True)
+            ]
             base = f"{server.base}{run.API}"
             stop = threading.Event()
             if args.workload in ("put", "get", "list"):
-                url = {"put": f"{base}/bench/small/put.bin", "get": f"{base}/bench/small/f0.bin",
-                       "list": f"{base}?path=bench/small"}[args.workload]
-                res = run.hey(url, "PUT" if args.workload == "put" else "GET", args.seconds - 1,
-                              small if args.workload == "put" else None)
+                url = {
+                    "put": f"{base}/bench/small/put.bin",
+                    "get": f"{base}/bench/small/f0.bin",
+                    "list": f"{base}?path=bench/small",
+                }[args.workload]
+                res = run.hey(
+                    url,
+                    "PUT" if args.workload == "put" else "GET",
+                    args.seconds - 1,
+                    small if args.workload == "put" else None,
+                )
                 print("hey:", res)
             else:
                 n = 0

@@ -102,13 +102,23 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        record(" ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + show(self.cmd)
-               if self.env else self.cmd)
+        record(
+            " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + show(self.cmd)
+            if self.env
+            else self.cmd
+        )
         self.logfile = TMP / f"{self.name.replace(' ', '_')}.log"
         out = open(self.logfile, "wb")
         env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -265,8 +275,7 @@ def merge_rss(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def curl(args: list[str]) -> tuple[int, float, float]:
-    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload} %{size_download}",
-           *args]
+    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload} %{size_download}", *args]
     record(cmd)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     parts = out.stdout.split()
@@ -278,8 +287,15 @@ def curl(args: list[str]) -> tuple[int, float, float]:
     return code, secs, max(up, down)
 
 
-def transfer(server: Server, kind: str, url: str, file: Path | None, size: int, reps: int,
-             check: Callable[[], None] | None = None) -> dict[str, Any]:
+def transfer(
+    server: Server,
+    kind: str,
+    url: str,
+    file: Path | None,
+    size: int,
+    reps: int,
+    check: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """`reps` timed uploads (curl -T) or downloads (curl -o /dev/null), RSS of the server tree sampled throughout."""
     times: list[float] = []
     rss: list[dict[str, Any]] = []
@@ -299,8 +315,10 @@ def transfer(server: Server, kind: str, url: str, file: Path | None, size: int, 
             check()
         times.append(elapsed)
         rss.append(sampler.result())
-        log(f"  {server.name} {kind} {size / GIB:g} GiB run {i + 1}: {elapsed:.2f} s, "
-            f"peak proc {mb(sampler.result()['proc_max'])} MB, tree {mb(sampler.result()['tree_max'])} MB")
+        log(
+            f"  {server.name} {kind} {size / GIB:g} GiB run {i + 1}: {elapsed:.2f} s, "
+            f"peak proc {mb(sampler.result()['proc_max'])} MB, tree {mb(sampler.result()['tree_max'])} MB"
+        )
     return {"seconds": statistics.median(times), "all": times, "rss": merge_rss(rss)}
 
 
@@ -383,8 +401,15 @@ def mb(n: float | None) -> str:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.results: dict[str, Any] = {"large": {}, "small": {}, "list": {}, "idle": {}, "s3": {}, "big": {},
-                                        "errors": []}
+        self.results: dict[str, Any] = {
+            "large": {},
+            "small": {},
+            "list": {},
+            "idle": {},
+            "s3": {},
+            "big": {},
+            "errors": [],
+        }
         self.data = TMP / "data"
         self.data.mkdir()
         self.small = self.data / "16k.bin"
@@ -418,8 +443,17 @@ class Bench:
 
     def proxy_server(self, root: Path, extra_env: dict[str, str] | None = None, dest: str | None = None) -> Server:
         port = free_port()
-        cmd = [str(PROXY_BIN), "server", "--artifacts-destination", dest or str(root), "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log"]
+        cmd = [
+            str(PROXY_BIN),
+            "server",
+            "--artifacts-destination",
+            dest or str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ]
         if self.args.proxy_workers:
             cmd += ["--workers", str(self.args.proxy_workers)]
         return Server("artifact-proxy", cmd, port, "/health", TMP, extra_env or {})
@@ -428,8 +462,17 @@ class Bench:
         port = free_port()
         cwd = TMP / "mlflow-cwd"
         cwd.mkdir(exist_ok=True)
-        cmd = [str(MLFLOW_BIN), "server", "--artifacts-only", "--artifacts-destination", str(root), "--host",
-               "127.0.0.1", "--port", str(port)]
+        cmd = [
+            str(MLFLOW_BIN),
+            "server",
+            "--artifacts-only",
+            "--artifacts-destination",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         return Server("mlflow", cmd, port, "/health", cwd)
 
     def nginx_server(self, root: Path) -> Server:
@@ -447,9 +490,19 @@ class Bench:
         cmd = [sys.executable, str(BENCH / "sink.py"), "--port", str(port), "--dir", str(root)]
         return Server("raw sink", cmd, port, "/health", TMP)
 
-    def run_http(self, key: str, make: Callable[[Path], Server], *, small: bool, listing: bool,
-                 download: bool, nginx_layout: bool = False, big: bool = False,
-                 ops: tuple[str, ...] = ("PUT", "GET", "LIST"), idle: bool = True) -> None:
+    def run_http(
+        self,
+        key: str,
+        make: Callable[[Path], Server],
+        *,
+        small: bool,
+        listing: bool,
+        download: bool,
+        nginx_layout: bool = False,
+        big: bool = False,
+        ops: tuple[str, ...] = ("PUT", "GET", "LIST"),
+        idle: bool = True,
+    ) -> None:
         root = TMP / f"root-{key}"
         root.mkdir()
         # nginx serves files at their URL path under its root; the others map `artifacts/<path>` to <root>/<path>.
@@ -459,8 +512,10 @@ class Bench:
         with running(server, timeout):
             if idle:
                 self.results["idle"][key] = idle_rss(server, settle=8.0 if key == "mlflow" else 3.0)
-                log(f"  idle tree RSS {mb(self.results['idle'][key]['tree'])} MB "
-                    f"({self.results['idle'][key]['nprocs']} processes)")
+                log(
+                    f"  idle tree RSS {mb(self.results['idle'][key]['tree'])} MB "
+                    f"({self.results['idle'][key]['nprocs']} processes)"
+                )
             url = f"{server.base}{API}/bench/large.bin"
 
             def check_size() -> None:
@@ -468,11 +523,13 @@ class Bench:
                     raise RuntimeError(f"{key}: stored file has the wrong size")
 
             large: dict[str, Any] = {}
-            large["upload"] = self._guard(f"{key} upload", lambda: transfer(
-                server, "upload", url, self.one_gib, GIB, self.args.reps, check_size))
+            large["upload"] = self._guard(
+                f"{key} upload", lambda: transfer(server, "upload", url, self.one_gib, GIB, self.args.reps, check_size)
+            )
             if download:
-                large["download"] = self._guard(f"{key} download", lambda: transfer(
-                    server, "download", url, None, GIB, self.args.reps))
+                large["download"] = self._guard(
+                    f"{key} download", lambda: transfer(server, "download", url, None, GIB, self.args.reps)
+                )
             self.results["large"][key] = large
             if key != "sink":
                 (files / "bench/large.bin").unlink(missing_ok=True)
@@ -517,43 +574,89 @@ class Bench:
         res = {op: self._guard(f"{key} hey {op}", jobs[op]) for op in ops}
         for op, r in res.items():
             if r:
-                log(f"  {op} c={CONCURRENCY}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.1f} ms "
-                    f"p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+                log(
+                    f"  {op} c={CONCURRENCY}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.1f} ms "
+                    f"p99 {r['p99_ms']:.1f} ms errors {r['errors']}"
+                )
         self.results["small"][key] = res
 
     def _big(self, server: Server, files: Path) -> None:
         url = f"{server.base}{API}/bench/big.bin"
         size = 4 * GIB
-        self.results["big"]["upload"] = self._guard("4 GiB upload", lambda: transfer(
-            server, "upload", url, self.four_gib, size, 1))
-        self.results["big"]["download"] = self._guard("4 GiB download", lambda: transfer(
-            server, "download", url, None, size, 1))
+        self.results["big"]["upload"] = self._guard(
+            "4 GiB upload", lambda: transfer(server, "upload", url, self.four_gib, size, 1)
+        )
+        self.results["big"]["download"] = self._guard(
+            "4 GiB download", lambda: transfer(server, "download", url, None, size, 1)
+        )
         (files / "bench/big.bin").unlink(missing_ok=True)
 
     # ---- S3 through SeaweedFS
 
     def run_s3(self) -> None:
-        probe = subprocess.run([sys.executable, "-c", "import app.storage.s3"], cwd=ROOT, capture_output=True,
-                               text=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import app.storage.s3"], cwd=ROOT, capture_output=True, text=True
+        )
         if probe.returncode != 0:
             log("skipped: S3 backend not available")
-            self.results["s3"] = {"skipped": "skipped: S3 backend not available ("
-                                  + (probe.stderr.strip().splitlines() or ["import failed"])[-1] + ")"}
+            self.results["s3"] = {
+                "skipped": "skipped: S3 backend not available ("
+                + (probe.stderr.strip().splitlines() or ["import failed"])[-1]
+                + ")"
+            }
             return
         wdir = TMP / "weed"
         wdir.mkdir()
-        (wdir / "s3.json").write_text(json.dumps({"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": S3_KEYS["AWS_ACCESS_KEY_ID"],
-                             "secretKey": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        (wdir / "s3.json").write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [
+                                {
+                                    "accessKey": S3_KEYS["AWS_ACCESS_KEY_ID"],
+                                    "secretKey": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                                }
+                            ],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
         s3_port = free_port()
-        ports = {name: free_port() for name in (
-            "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-            "filer.port.grpc", "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port")}
-        cmd = [str(WEED_BIN), "mini", f"-dir={wdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3_port}",
-               f"-s3.config={wdir / 's3.json'}", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
-               "-s3.port.lance=0", "-bucket=bench", *(f"-{k}={v}" for k, v in ports.items())]
+        ports = {
+            name: free_port()
+            for name in (
+                "s3.port.grpc",
+                "master.port",
+                "master.port.grpc",
+                "volume.port",
+                "volume.port.grpc",
+                "filer.port",
+                "filer.port.grpc",
+                "admin.port",
+                "admin.port.grpc",
+                "debug.port",
+                "s3.debug.port",
+            )
+        }
+        cmd = [
+            str(WEED_BIN),
+            "mini",
+            f"-dir={wdir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={s3_port}",
+            f"-s3.config={wdir / 's3.json'}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-bucket=bench",
+            *(f"-{k}={v}" for k, v in ports.items()),
+        ]
         weed = Server("seaweedfs", cmd, s3_port, "/", wdir)
         env = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
         direct = [sys.executable, str(BENCH / "s3_direct.py")]
@@ -584,10 +687,16 @@ class Bench:
                 os.sync()
                 ups.append(run_direct("upload", "direct/large.bin")["seconds"])
                 downs.append(run_direct("download", "direct/large.bin")["seconds"])
-            res["direct"] = {"upload": statistics.median(ups), "download": statistics.median(downs),
-                             "upload_all": ups, "download_all": downs}
-            log(f"  direct aiobotocore: upload {res['direct']['upload']:.2f} s, "
-                f"download {res['direct']['download']:.2f} s")
+            res["direct"] = {
+                "upload": statistics.median(ups),
+                "download": statistics.median(downs),
+                "upload_all": ups,
+                "download_all": downs,
+            }
+            log(
+                f"  direct aiobotocore: upload {res['direct']['upload']:.2f} s, "
+                f"download {res['direct']['download']:.2f} s"
+            )
             proxy = self.proxy_server(TMP, env, dest="s3://bench/proxy")
             with running(proxy, 60):
                 url = f"{proxy.base}{API}/bench/large.bin"
@@ -603,23 +712,42 @@ class Bench:
         only = set(self.args.only.split(","))
         self.make_data()
         if "sink" in only:
-            self.section("raw sink", lambda: self.run_http("sink", self.sink_server, small=False, listing=False,
-                                                           download=False))
+            self.section(
+                "raw sink", lambda: self.run_http("sink", self.sink_server, small=False, listing=False, download=False)
+            )
         if "nginx" in only:
-            self.section("nginx", lambda: self.run_http("nginx", self.nginx_server, small=True, listing=True,
-                                                        download=True, nginx_layout=True))
+            self.section(
+                "nginx",
+                lambda: self.run_http(
+                    "nginx", self.nginx_server, small=True, listing=True, download=True, nginx_layout=True
+                ),
+            )
         if "proxy" in only:
-            self.section("artifact-proxy", lambda: self.run_http("proxy", self.proxy_server, small=True,
-                                                                 listing=True, download=True, big=self.args.big))
+            self.section(
+                "artifact-proxy",
+                lambda: self.run_http(
+                    "proxy", self.proxy_server, small=True, listing=True, download=True, big=self.args.big
+                ),
+            )
         self.four_gib.unlink(missing_ok=True)
         if "proxy" in only and self.args.fsync_variant:
             env = {"ARTIFACT_PROXY_FSYNC_UPLOADS": "false"}
-            self.section("artifact-proxy, fsync off (diagnostic)", lambda: self.run_http(
-                "proxy-nofsync", lambda root: self.proxy_server(root, env), small=True, listing=False,
-                download=False, ops=("PUT",), idle=False))
+            self.section(
+                "artifact-proxy, fsync off (diagnostic)",
+                lambda: self.run_http(
+                    "proxy-nofsync",
+                    lambda root: self.proxy_server(root, env),
+                    small=True,
+                    listing=False,
+                    download=False,
+                    ops=("PUT",),
+                    idle=False,
+                ),
+            )
         if "mlflow" in only:
-            self.section("mlflow", lambda: self.run_http("mlflow", self.mlflow_server, small=True, listing=True,
-                                                         download=True))
+            self.section(
+                "mlflow", lambda: self.run_http("mlflow", self.mlflow_server, small=True, listing=True, download=True)
+            )
         if "s3" in only:
             self.section("s3", self.run_s3)
 
@@ -650,7 +778,9 @@ def machine() -> dict[str, str]:
         "os": version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "python": platform.python_version(),
         "artifact-proxy": version([str(PROXY_BIN), "--version"]),
-        "mlflow": version([str(MLFLOW_VENV / "bin/python"), "-c", "import mlflow; print('mlflow', mlflow.__version__)"]),
+        "mlflow": version(
+            [str(MLFLOW_VENV / "bin/python"), "-c", "import mlflow; print('mlflow', mlflow.__version__)"]
+        ),
         "nginx": version([NGINX_BIN, "-v"]),
         "curl": version(["curl", "--version"]),
         "hey": "hey (Debian package " + version(["dpkg-query", "-W", "-f=${Version}", "hey"]) + ")",
@@ -681,16 +811,23 @@ def g(d: Any, *keys: str) -> Any:
 def report(results: dict[str, Any], args: argparse.Namespace, started: float) -> str:
     m = machine()
     L = results["large"]
-    names = {"proxy": "artifact-proxy", "proxy-nofsync": "artifact-proxy, fsync off (diagnostic)", "mlflow": "MLflow --artifacts-only", "nginx": "nginx (WebDAV PUT, sendfile)",
-             "sink": "raw PUT sink (asyncio)"}
+    names = {
+        "proxy": "artifact-proxy",
+        "proxy-nofsync": "artifact-proxy, fsync off (diagnostic)",
+        "mlflow": "MLflow --artifacts-only",
+        "nginx": "nginx (WebDAV PUT, sendfile)",
+        "sink": "raw PUT sink (asyncio)",
+    }
     out: list[str] = []
     w = out.append
     w("# Benchmarks: artifact-proxy vs `mlflow server --artifacts-only` vs nginx\n")
-    w(f"Generated by `make bench` (`bash bench/setup.sh && .venv/bin/python bench/run.py`) on "
-      f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; the run took {(time.time() - started) / 60:.1f} min. "
-      "Single runs on a shared 2-core VM where other test suites were running: read the ratios, not the absolute "
-      "numbers. Large transfers are the median of "
-      f"{args.reps} runs; small requests run {args.duration:g} s each after a 256-request warm-up.\n")
+    w(
+        f"Generated by `make bench` (`bash bench/setup.sh && .venv/bin/python bench/run.py`) on "
+        f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; the run took {(time.time() - started) / 60:.1f} min. "
+        "Single runs on a shared 2-core VM where other test suites were running: read the ratios, not the absolute "
+        "numbers. Large transfers are the median of "
+        f"{args.reps} runs; small requests run {args.duration:g} s each after a 256-request warm-up.\n"
+    )
     w("## Machine and settings\n")
     w("| | |\n|---|---|")
     for k, v in m.items():
@@ -702,10 +839,14 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
 
     # ---- large
     w("## 1 GiB upload and download (local disk)\n")
-    w("Upload: `curl -T FILE URL`; download: `curl -o /dev/null URL`. Peak RSS is sampled every 50 ms over the "
-      "server's whole process tree: *per process* is the largest single process, *tree* the largest sum.\n")
-    w("| Server | upload s | upload peak RSS MB (process / tree) | download s | download peak RSS MB "
-      "(process / tree) |")
+    w(
+        "Upload: `curl -T FILE URL`; download: `curl -o /dev/null URL`. Peak RSS is sampled every 50 ms over the "
+        "server's whole process tree: *per process* is the largest single process, *tree* the largest sum.\n"
+    )
+    w(
+        "| Server | upload s | upload peak RSS MB (process / tree) | download s | download peak RSS MB "
+        "(process / tree) |"
+    )
     w("|---|---:|---:|---:|---:|")
     for key in ("proxy", "proxy-nofsync", "mlflow", "nginx", "sink"):
         if key not in L:
@@ -721,15 +862,26 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
     w("")
     pu, mu, nu, su = (g(L, k, "upload", "seconds") for k in ("proxy", "mlflow", "nginx", "sink"))
     pd, md, nd = (g(L, k, "download", "seconds") for k in ("proxy", "mlflow", "nginx"))
-    w(f"Ratios: upload ours/sink {ratio(pu, su)}, ours/nginx {ratio(pu, nu)}, MLflow/ours {ratio(mu, pu)}; "
-      f"download ours/nginx {ratio(pd, nd)}, MLflow/ours {ratio(md, pd)}.\n")
-    w("All runs (s): " + "; ".join(
-        f"{k} {op} " + ", ".join(f"{x:.2f}" for x in L[k][op]["all"])
-        for k in L for op in ("upload", "download") if L[k].get(op)) + "\n")
-    w("Note: artifact-proxy's local store fsyncs each upload before renaming it into place (durable, atomic); "
-      "the raw sink, nginx and MLflow do not fsync, so ours pays the disk writeback inside the timed upload. The "
-      "*fsync off* row (`ARTIFACT_PROXY_FSYNC_UPLOADS=false`) is a diagnostic showing that cost; the targets are "
-      "judged on the default configuration.\n")
+    w(
+        f"Ratios: upload ours/sink {ratio(pu, su)}, ours/nginx {ratio(pu, nu)}, MLflow/ours {ratio(mu, pu)}; "
+        f"download ours/nginx {ratio(pd, nd)}, MLflow/ours {ratio(md, pd)}.\n"
+    )
+    w(
+        "All runs (s): "
+        + "; ".join(
+            f"{k} {op} " + ", ".join(f"{x:.2f}" for x in L[k][op]["all"])
+            for k in L
+            for op in ("upload", "download")
+            if L[k].get(op)
+        )
+        + "\n"
+    )
+    w(
+        "Note: artifact-proxy's local store fsyncs each upload before renaming it into place (durable, atomic); "
+        "the raw sink, nginx and MLflow do not fsync, so ours pays the disk writeback inside the timed upload. The "
+        "*fsync off* row (`ARTIFACT_PROXY_FSYNC_UPLOADS=false`) is a diagnostic showing that cost; the targets are "
+        "judged on the default configuration.\n"
+    )
 
     # ---- big
     B = results.get("big") or {}
@@ -745,10 +897,12 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
     # ---- small
     S = results["small"]
     w(f"## 16 KiB PUT, GET and LIST at concurrency {CONCURRENCY} (hey)\n")
-    w(f"`hey -z {args.duration:g}s -c {CONCURRENCY}`. PUT sends the same 16 KiB body to the **same path** every "
-      "time (hey cannot vary the URL), so it measures overwrite. GET fetches one 16 KiB file. LIST lists a directory "
-      "of 10 files (`GET artifacts?path=bench/small`; nginx: `autoindex_format json` on the directory). Errors are "
-      "non-2xx responses plus transport errors.\n")
+    w(
+        f"`hey -z {args.duration:g}s -c {CONCURRENCY}`. PUT sends the same 16 KiB body to the **same path** every "
+        "time (hey cannot vary the URL), so it measures overwrite. GET fetches one 16 KiB file. LIST lists a directory "
+        "of 10 files (`GET artifacts?path=bench/small`; nginx: `autoindex_format json` on the directory). Errors are "
+        "non-2xx responses plus transport errors.\n"
+    )
     w("| Server | op | req/s | p50 ms | p99 ms | errors |\n|---|---|---:|---:|---:|---:|")
     for key in ("proxy", "proxy-nofsync", "mlflow", "nginx"):
         for op in ("PUT", "GET", "LIST"):
@@ -756,21 +910,28 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
             if r:
                 w(f"| {names[key]} | {op} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
     w("")
-    w("Ratios (req/s): " + "; ".join(
-        f"{op} ours/MLflow {ratio(g(S, 'proxy', op, 'rps'), g(S, 'mlflow', op, 'rps'))}, "
-        f"nginx/ours {ratio(g(S, 'nginx', op, 'rps'), g(S, 'proxy', op, 'rps'))}" for op in ("PUT", "GET", "LIST"))
-      + ".\n")
+    w(
+        "Ratios (req/s): "
+        + "; ".join(
+            f"{op} ours/MLflow {ratio(g(S, 'proxy', op, 'rps'), g(S, 'mlflow', op, 'rps'))}, "
+            f"nginx/ours {ratio(g(S, 'nginx', op, 'rps'), g(S, 'proxy', op, 'rps'))}"
+            for op in ("PUT", "GET", "LIST")
+        )
+        + ".\n"
+    )
 
     # ---- list and idle
-    Li, I = results["list"], results["idle"]
+    listing, idle = results["list"], results["idle"]
     w(f"## Listing a directory of {LIST_N:,} files, and idle memory\n")
     w("| Server | list 10,000 files, s (median of 5) | idle RSS of the process tree MB | processes |")
     w("|---|---:|---:|---:|")
     for key in ("proxy", "mlflow", "nginx", "sink"):
-        if key in Li or key in I:
-            lt = g(Li, key, "seconds")
-            w(f"| {names[key]} | {fmt_s(lt) if lt is not None else '-'} | {mb(g(I, key, 'tree'))} | "
-              f"{g(I, key, 'nprocs') or 'n/a'} |")
+        if key in listing or key in idle:
+            lt = g(listing, key, "seconds")
+            w(
+                f"| {names[key]} | {fmt_s(lt) if lt is not None else '-'} | {mb(g(idle, key, 'tree'))} | "
+                f"{g(idle, key, 'nprocs') or 'n/a'} |"
+            )
     w("")
 
     # ---- s3
@@ -779,16 +940,20 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
     if "skipped" in S3:
         w(S3["skipped"] + "\n")
     elif S3:
-        w("Proxy: `artifact-proxy server --artifacts-destination s3://bench/proxy` with `MLFLOW_S3_ENDPOINT_URL` "
-          "pointing at SeaweedFS, driven by curl as above. Direct: `bench/s3_direct.py` (aiobotocore, multipart "
-          "with 8 MiB parts and 4 in flight for upload; one streamed GET for download) against the same server.\n")
+        w(
+            "Proxy: `artifact-proxy server --artifacts-destination s3://bench/proxy` with `MLFLOW_S3_ENDPOINT_URL` "
+            "pointing at SeaweedFS, driven by curl as above. Direct: `bench/s3_direct.py` (aiobotocore, multipart "
+            "with 8 MiB parts and 4 in flight for upload; one streamed GET for download) against the same server.\n"
+        )
         w("| | direct aiobotocore s | through artifact-proxy s | proxy/direct | proxy peak RSS MB (process / tree) |")
         w("|---|---:|---:|---:|---:|")
         for op in ("upload", "download"):
             d, p = g(S3, "direct", op), g(S3, "proxy", op)
             if p:
-                w(f"| 1 GiB {op} | {fmt_s(d)} | {fmt_s(p['seconds'])} | {ratio(p['seconds'], d)} | "
-                  f"{mb(p['rss']['proc_max'])} / {mb(p['rss']['tree_max'])} |")
+                w(
+                    f"| 1 GiB {op} | {fmt_s(d)} | {fmt_s(p['seconds'])} | {ratio(p['seconds'], d)} | "
+                    f"{mb(p['rss']['proc_max'])} / {mb(p['rss']['tree_max'])} |"
+                )
         w("")
     else:
         w("Not measured (see errors below).\n")
@@ -803,46 +968,76 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
     def le(a: float | None, b: float | None) -> bool | None:
         return None if a is None or b is None else a <= b
 
-    tgt("upload 1 GiB <= 1.5x raw-sink time", f"{fmt_s(pu)} s vs sink {fmt_s(su)} s = {ratio(pu, su)}",
-        le(pu, 1.5 * su) if pu and su else None)
-    tgt("upload 1 GiB >= 3x faster than MLflow", f"MLflow {fmt_s(mu)} s / ours {fmt_s(pu)} s = {ratio(mu, pu)}",
-        le(3 * pu, mu) if pu and mu else None)
-    tgt("download 1 GiB <= 2.5x nginx", f"{fmt_s(pd)} s vs nginx {fmt_s(nd)} s = {ratio(pd, nd)}",
-        le(pd, 2.5 * nd) if pd and nd else None)
-    tgt("download 1 GiB >= 3x faster than MLflow", f"MLflow {fmt_s(md)} s / ours {fmt_s(pd)} s = {ratio(md, pd)}",
-        le(3 * pd, md) if pd and md else None)
+    tgt(
+        "upload 1 GiB <= 1.5x raw-sink time",
+        f"{fmt_s(pu)} s vs sink {fmt_s(su)} s = {ratio(pu, su)}",
+        le(pu, 1.5 * su) if pu and su else None,
+    )
+    tgt(
+        "upload 1 GiB >= 3x faster than MLflow",
+        f"MLflow {fmt_s(mu)} s / ours {fmt_s(pu)} s = {ratio(mu, pu)}",
+        le(3 * pu, mu) if pu and mu else None,
+    )
+    tgt(
+        "download 1 GiB <= 2.5x nginx",
+        f"{fmt_s(pd)} s vs nginx {fmt_s(nd)} s = {ratio(pd, nd)}",
+        le(pd, 2.5 * nd) if pd and nd else None,
+    )
+    tgt(
+        "download 1 GiB >= 3x faster than MLflow",
+        f"MLflow {fmt_s(md)} s / ours {fmt_s(pd)} s = {ratio(md, pd)}",
+        le(3 * pd, md) if pd and md else None,
+    )
     for op in ("PUT", "GET", "LIST"):
         ours, theirs = g(S, "proxy", op), g(S, "mlflow", op)
         if ours and theirs:
-            tgt(f"16 KiB {op} c=32 >= 6x MLflow req/s", f"{ours['rps']:.0f} vs {theirs['rps']:.0f} = "
-                f"{ratio(ours['rps'], theirs['rps'])}", ours["rps"] >= 6 * theirs["rps"])
+            tgt(
+                f"16 KiB {op} c=32 >= 6x MLflow req/s",
+                f"{ours['rps']:.0f} vs {theirs['rps']:.0f} = {ratio(ours['rps'], theirs['rps'])}",
+                ours["rps"] >= 6 * theirs["rps"],
+            )
         else:
             tgt(f"16 KiB {op} c=32 >= 6x MLflow req/s", "n/a", None)
-        tgt(f"16 KiB {op} c=32 p99 <= 30 ms, no errors",
+        tgt(
+            f"16 KiB {op} c=32 p99 <= 30 ms, no errors",
             f"p99 {ours['p99_ms']:.1f} ms, {ours['errors']} errors" if ours else "n/a",
-            (ours["p99_ms"] <= 30 and ours["errors"] == 0) if ours else None)
+            (ours["p99_ms"] <= 30 and ours["errors"] == 0) if ours else None,
+        )
     for op in ("upload", "download"):
         r = g(L, "proxy", op, "rss")
-        tgt(f"peak RSS per serving process <= 100 MB, 1 GiB {op}",
+        tgt(
+            f"peak RSS per serving process <= 100 MB, 1 GiB {op}",
             f"{mb(r['proc_max'])} MB ({r['proc_max_label']})" if r else "n/a",
-            r["proc_max"] <= 100e6 if r else None)
+            r["proc_max"] <= 100e6 if r else None,
+        )
     for op in ("upload", "download"):
         r = g(B, op, "rss")
-        tgt(f"peak RSS per serving process <= 100 MB, 4 GiB {op}",
+        tgt(
+            f"peak RSS per serving process <= 100 MB, 4 GiB {op}",
             f"{mb(r['proc_max'])} MB ({r['proc_max_label']})" if r else "not run (--no-big)" if not B else "n/a",
-            r["proc_max"] <= 100e6 if r else None)
-    pi, mi = g(I, "proxy", "tree"), g(I, "mlflow", "tree")
-    tgt("idle RSS of the tree <= 1/10 of MLflow's", f"{mb(pi)} MB vs {mb(mi)} MB = {ratio(pi, mi)}",
-        le(10 * pi, mi) if pi and mi else None)
+            r["proc_max"] <= 100e6 if r else None,
+        )
+    pi, mi = g(idle, "proxy", "tree"), g(idle, "mlflow", "tree")
+    tgt(
+        "idle RSS of the tree <= 1/10 of MLflow's",
+        f"{mb(pi)} MB vs {mb(mi)} MB = {ratio(pi, mi)}",
+        le(10 * pi, mi) if pi and mi else None,
+    )
     for op in ("upload", "download"):
         r = g(S3, "proxy", op, "rss")
         if r:
-            tgt(f"(informational) peak RSS per serving process <= 100 MB, S3 1 GiB {op}",
-                f"{mb(r['proc_max'])} MB ({r['proc_max_label']})", r["proc_max"] <= 100e6)
+            tgt(
+                f"(informational) peak RSS per serving process <= 100 MB, S3 1 GiB {op}",
+                f"{mb(r['proc_max'])} MB ({r['proc_max_label']})",
+                r["proc_max"] <= 100e6,
+            )
     for op in ("upload", "download"):
         d, p = g(S3, "direct", op), g(S3, "proxy", op, "seconds")
-        tgt(f"S3 1 GiB {op} <= 1.3x direct", f"{ratio(p, d)}" if p and d else S3.get("skipped", "n/a"),
-            le(p, 1.3 * d) if p and d else None)
+        tgt(
+            f"S3 1 GiB {op} <= 1.3x direct",
+            f"{ratio(p, d)}" if p and d else S3.get("skipped", "n/a"),
+            le(p, 1.3 * d) if p and d else None,
+        )
     w("")
 
     if results["errors"]:
@@ -852,13 +1047,17 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
         w("")
 
     w("## Exact commands\n")
-    w("`$TMP` is the run's temp dir, `$PORT` a free port picked per server. Setup: `bash bench/setup.sh` "
-      "(apt: nginx, hey, wrk; .venv: psutil, py-spy; `.venv-mlflow`: deploy/setup-mlflow-venv.sh).\n")
+    w(
+        "`$TMP` is the run's temp dir, `$PORT` a free port picked per server. Setup: `bash bench/setup.sh` "
+        "(apt: nginx, hey, wrk; .venv: psutil, py-spy; `.venv-mlflow`: deploy/setup-mlflow-venv.sh).\n"
+    )
     w("```")
     out.extend(COMMANDS)
     w("```\n")
-    w("nginx config: `bench/nginx.conf.template`; raw sink: `bench/sink.py`; direct S3 client: "
-      "`bench/s3_direct.py`. Raw figures: `bench/results.json` (not committed).\n")
+    w(
+        "nginx config: `bench/nginx.conf.template`; raw sink: `bench/sink.py`; direct S3 client: "
+        "`bench/s3_direct.py`. Raw figures: `bench/results.json` (not committed).\n"
+    )
     return "\n".join(out) + "\n"
 
 
@@ -868,16 +1067,27 @@ BENCH_ARGS: argparse.Namespace
 def main() -> int:
     global TMP, BENCH_ARGS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--big", action=argparse.BooleanOptionalAction, default=True,
-                        help="also move 4 GiB through artifact-proxy to show memory stays flat (default on)")
+    parser.add_argument(
+        "--big",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also move 4 GiB through artifact-proxy to show memory stays flat (default on)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="runs per large transfer; the median is reported")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per hey workload")
     parser.add_argument("--proxy-workers", type=int, default=None, help="default: the server's own default")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--fsync-variant", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time uploads/PUTs with ARTIFACT_PROXY_FSYNC_UPLOADS=false (diagnostic row)")
-    parser.add_argument("--only", default="sink,nginx,proxy,mlflow,s3",
-                        help="comma-separated subset of sink,nginx,proxy,mlflow,s3 (for quick checks)")
+    parser.add_argument(
+        "--fsync-variant",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time uploads/PUTs with ARTIFACT_PROXY_FSYNC_UPLOADS=false (diagnostic row)",
+    )
+    parser.add_argument(
+        "--only",
+        default="sink,nginx,proxy,mlflow,s3",
+        help="comma-separated subset of sink,nginx,proxy,mlflow,s3 (for quick checks)",
+    )
     parser.add_argument("--tmp", type=Path, default=None, help="parent for the temp dir (default: system temp)")
     args = parser.parse_args()
     BENCH_ARGS = args

@@ -55,9 +55,7 @@ async def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
     args = parser.parse_args()
-    server = await asyncio.start_server(
-        lambda r, w: handle(r, w, args.dir), args.host, args.port, limit=CHUNK * 2
-    )
+    server = await asyncio.start_server(lambda r, w: handle(r, w, args.dir), args.host, args.port, limit=CHUNK * 2)
     async with server:
         await server.serve_forever()
 

@@ -26,11 +26,11 @@ def auth_config(tmp_path: Path, extra_rules: str = "") -> Path:
     config = tmp_path / "auth.toml"
     config.write_text(f"""
 [users.alice]
-password = "{hash_password(PASSWORDS['alice'], iterations=1000)}"
+password = "{hash_password(PASSWORDS["alice"], iterations=1000)}"
 groups = ["ml"]
 
 [users.bob]
-password = "{hash_password(PASSWORDS['bob'], iterations=1000)}"
+password = "{hash_password(PASSWORDS["bob"], iterations=1000)}"
 
 [users.ci]
 tokens = ["{hash_token(CI_TOKEN)}"]
@@ -104,9 +104,15 @@ def call(proxy: Proxy, verb: str, path: str, headers: dict[str, str]) -> httpx.R
 
 # (who, verb, path) -> expected status; every verb on experiment 1, and reads on experiment 2.
 MATRIX = {
-    **{(who, verb, "1"): 401 for who in ("anonymous", "wrong-password", "wrong-token")
-       for verb in ("GET", "HEAD", "LIST", "PRESIGNED", "PUT", "MPU-CREATE", "MPU-ABORT", "DELETE")},
-    **{("alice", verb, "1"): 200 for verb in ("GET", "HEAD", "LIST", "PRESIGNED", "PUT", "MPU-CREATE", "MPU-ABORT", "DELETE")},
+    **{
+        (who, verb, "1"): 401
+        for who in ("anonymous", "wrong-password", "wrong-token")
+        for verb in ("GET", "HEAD", "LIST", "PRESIGNED", "PUT", "MPU-CREATE", "MPU-ABORT", "DELETE")
+    },
+    **{
+        ("alice", verb, "1"): 200
+        for verb in ("GET", "HEAD", "LIST", "PRESIGNED", "PUT", "MPU-CREATE", "MPU-ABORT", "DELETE")
+    },
     **{("bob", verb, "1"): 200 for verb in ("GET", "HEAD", "LIST", "PRESIGNED")},
     **{("bob", verb, "1"): 403 for verb in ("PUT", "MPU-CREATE", "MPU-ABORT", "DELETE")},
     **{("ci", verb, "1"): 200 for verb in ("GET", "LIST", "PUT", "MPU-CREATE", "MPU-ABORT")},
@@ -150,10 +156,10 @@ def test_audit_lines_for_allowed_and_denied_calls(secured: tuple[Proxy, Path, Pa
     proxy, _, audit = secured
     httpx.put(f"{proxy.api}/artifacts/1/audited.txt", content=b"12345", headers=WHO["alice"]).raise_for_status()
     httpx.delete(f"{proxy.api}/artifacts/1/audited.txt", headers=WHO["bob"])
-    assert proxy.logged("/artifacts/1/audited.txt HTTP/1.1\" 403")
+    assert proxy.logged('/artifacts/1/audited.txt HTTP/1.1" 403')
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
-    allowed = [l for l in lines if l["path"] == "1/audited.txt" and l["op"] == "write"]
-    denied = [l for l in lines if l["path"] == "1/audited.txt" and l["op"] == "delete"]
+    allowed = [entry for entry in lines if entry["path"] == "1/audited.txt" and entry["op"] == "write"]
+    denied = [entry for entry in lines if entry["path"] == "1/audited.txt" and entry["op"] == "delete"]
     assert allowed[-1]["user"] == "alice" and allowed[-1]["status"] == 200 and allowed[-1]["bytes_in"] == 5
     assert denied[-1]["user"] == "bob" and denied[-1]["status"] == 403
     assert {"client", "duration_ms", "bytes_out"} <= set(allowed[-1])
@@ -188,7 +194,9 @@ def test_mlflow_client_with_its_usual_credentials(
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", CI_TOKEN)
     (tmp_path / "dl").mkdir()
-    local = HttpArtifactRepository(proxy.artifact_url("1/run/artifacts")).download_artifacts("model.txt", str(tmp_path / "dl"))
+    local = HttpArtifactRepository(proxy.artifact_url("1/run/artifacts")).download_artifacts(
+        "model.txt", str(tmp_path / "dl")
+    )
     assert Path(local).read_text() == "weights"
 
 
@@ -220,16 +228,20 @@ def test_digest_mismatch_is_rejected_and_nothing_is_stored(plain: Proxy, header:
     old, new = b"old version", os.urandom(size)
     url = plain.artifact_url(f"mismatch/{header}-{size}.bin")
     httpx.put(url, content=old).raise_for_status()
-    wrong = {"Content-MD5": b64(hashlib.md5(b"other").digest()),
-             "Digest": f"sha-256={b64(hashlib.sha256(b'other').digest())}",
-             "Repr-Digest": f"sha-256=:{b64(hashlib.sha256(b'other').digest())}:"}[header]
+    wrong = {
+        "Content-MD5": b64(hashlib.md5(b"other").digest()),
+        "Digest": f"sha-256={b64(hashlib.sha256(b'other').digest())}",
+        "Repr-Digest": f"sha-256=:{b64(hashlib.sha256(b'other').digest())}:",
+    }[header]
     response = httpx.put(url, content=new, headers={header: wrong})
     assert response.status_code == 400
     assert "Upload rejected" in response.json()["message"]
     assert httpx.get(url).content == old
-    right = {"Content-MD5": b64(hashlib.md5(new).digest()),
-             "Digest": f"sha-256={b64(hashlib.sha256(new).digest())}",
-             "Repr-Digest": f"sha-256=:{b64(hashlib.sha256(new).digest())}:"}[header]
+    right = {
+        "Content-MD5": b64(hashlib.md5(new).digest()),
+        "Digest": f"sha-256={b64(hashlib.sha256(new).digest())}",
+        "Repr-Digest": f"sha-256=:{b64(hashlib.sha256(new).digest())}:",
+    }[header]
     assert httpx.put(url, content=new, headers={header: right}).status_code == 200
     assert httpx.get(url).content == new
 

@@ -33,15 +33,37 @@ def test_settings_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_scheme_is_a_clear_startup_error() -> None:
-    result = run_cli("server", "--artifacts-destination", "hdfs://namenode/x", "--port", str(free_port()))
+    result = run_cli("server", "--artifacts-destination", "dbfs://workspace/x", "--port", str(free_port()))
     assert result.returncode != 0
-    assert "Unsupported artifacts destination scheme 'hdfs'" in result.stderr
+    assert "Unsupported artifacts destination scheme 'dbfs'" in result.stderr
+
+
+def test_hdfs_names_what_is_missing() -> None:
+    result = run_cli("server", "--artifacts-destination", "hdfs://namenode:8020/x", "--port", str(free_port()))
+    assert result.returncode != 0
+    assert "libhdfs" in result.stderr
 
 
 def test_mlflow_style_command_line_with_static_prefix(tmp_path: Path) -> None:
     port = free_port()
-    args = [sys.executable, "-m", "app", "server", "--artifacts-only", "--serve-artifacts", "-h", "127.0.0.1",
-            "-p", str(port), "-w", "1", "--static-prefix", "/mlflow", "--artifacts-destination", str(tmp_path / "a")]
+    args = [
+        sys.executable,
+        "-m",
+        "app",
+        "server",
+        "--artifacts-only",
+        "--serve-artifacts",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+        "--static-prefix",
+        "/mlflow",
+        "--artifacts-destination",
+        str(tmp_path / "a"),
+    ]
     process = start_process(args, tmp_path / "log.txt")
     try:
         base = f"http://127.0.0.1:{port}"

@@ -60,8 +60,15 @@ def test_manifest_matches_the_kubernetes_schema(name: str, doc: dict[str, Any], 
 
 
 def test_every_expected_kind_is_there(k8s: dict[str, dict[str, Any]]) -> None:
-    assert set(k8s) == {"ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler",
-                        "PodDisruptionBudget", "Ingress"}
+    assert set(k8s) == {
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Ingress",
+    }
     assert k8s["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
     assert k8s["PodDisruptionBudget"]["apiVersion"] == "policy/v1"
     assert k8s["Ingress"]["apiVersion"] == "networking.k8s.io/v1"
@@ -171,8 +178,11 @@ def test_service_hpa_and_pdb_select_the_pods(k8s: dict[str, dict[str, Any]]) -> 
     assert [container_port(k8s, p["targetPort"]) for p in service["spec"]["ports"]] == [PORT]
     assert k8s["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = k8s["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                     "name": deployment["metadata"]["name"]}
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] >= hpa["minReplicas"]
     assert k8s["PodDisruptionBudget"]["spec"]["minAvailable"] < hpa["minReplicas"]
     assert "resources" in container(k8s) and "cpu" in container(k8s)["resources"]["requests"]  # HPA needs requests
@@ -207,8 +217,11 @@ def test_ingress_streams_large_bodies(k8s: dict[str, dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------------------------------- Dockerfile
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
-            for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -253,12 +266,19 @@ def test_dockerfile_runs_the_cli_unprivileged_with_a_healthcheck() -> None:
 
 
 def test_dockerignore_keeps_the_context_to_the_sources() -> None:
-    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert rules[0] == "*"  # allow-list: venvs, node_modules, mlartifacts, secrets never enter the context
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
-    copied = [src for op, arg in dockerfile_instructions() if op == "COPY" and not arg.startswith("--from")
-              for src in arg.split()[:-1]]
+    copied = [
+        src
+        for op, arg in dockerfile_instructions()
+        if op == "COPY" and not arg.startswith("--from")
+        for src in arg.split()[:-1]
+    ]
     assert copied and {c.rstrip("/").removeprefix("./") for c in copied} <= allowed
     for path in allowed:
         assert (ROOT / path).exists(), path
@@ -267,6 +287,7 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
 # ---------------------------------------------------------------------------------------------------- Compose
 def interpolate(text: str) -> str:
     """Compose's variable substitution with every variable unset: ${VAR:-default} -> default, $$ -> $."""
+
     def value(match: re.Match[str]) -> str:
         assert not match.group(2) or not match.group(2).startswith(("?", ":?")), f"required variable {match.group(1)}"
         return match.group(3) or ""
@@ -304,8 +325,10 @@ def test_compose_tracking_server_hands_out_proxy_uris(compose: dict[str, Any]) -
     assert "--no-serve-artifacts" in args
     assert flag(args, "--backend-store-uri").startswith(("postgresql://", "postgresql+psycopg://"))
     assert "@postgres:5432/" in flag(args, "--backend-store-uri")
-    assert flag(args, "--default-artifact-root") == \
-        f"http://artifact-proxy:{PORT}/api/2.0/mlflow-artifacts/artifacts/experiments"
+    assert (
+        flag(args, "--default-artifact-root")
+        == f"http://artifact-proxy:{PORT}/api/2.0/mlflow-artifacts/artifacts/experiments"
+    )
     assert "mlflow" in flag(args, "--allowed-hosts").split(",")  # the Host header clients in the network send
 
 

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import pytest
 
-from app.downloads import ByteRange, RangeNotSatisfiable, content_disposition, content_type, if_range_matches, parse_range
+from app.downloads import (
+    ByteRange,
+    RangeNotSatisfiable,
+    content_disposition,
+    content_type,
+    if_range_matches,
+    parse_range,
+)
 from app.storage.base import ObjectMeta
 
 
 @pytest.mark.parametrize(
     ("name", "mime"),
-    [("a.txt", "text/plain"), ("a.js", "text/plain"), ("a.JSON", "text/plain"), ("MLmodel", "text/plain"),
-     ("MLproject", "text/plain"), ("conda.yaml", "text/plain"), ("a.html", "text/html"), ("a.png", "image/png"),
-     ("a.pdf", "application/pdf"), ("a.pkl", "application/octet-stream"), ("noext", "application/octet-stream")],
+    [
+        ("a.txt", "text/plain"),
+        ("a.js", "text/plain"),
+        ("a.JSON", "text/plain"),
+        ("MLmodel", "text/plain"),
+        ("MLproject", "text/plain"),
+        ("conda.yaml", "text/plain"),
+        ("a.html", "text/html"),
+        ("a.png", "image/png"),
+        ("a.pdf", "application/pdf"),
+        ("a.pkl", "application/octet-stream"),
+        ("noext", "application/octet-stream"),
+    ],
 )
 def test_content_type(name: str, mime: str) -> None:
     assert content_type(name) == mime
@@ -20,11 +37,13 @@ def test_content_type(name: str, mime: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "header"),
-    [("model.pkl", "attachment; filename=model.pkl"),
-     ("with space.txt", 'attachment; filename="with space.txt"'),
-     ("日本語.txt", "attachment; filename=.txt; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt"),
-     ('a";x=.txt', "attachment; filename=ax.txt; filename*=UTF-8''a%22%3Bx%3D.txt"),
-     ("a\r\nSet-Cookie: x", "attachment; filename=aSet-Cookiex; filename*=UTF-8''a%0D%0ASet-Cookie%3A%20x")],
+    [
+        ("model.pkl", "attachment; filename=model.pkl"),
+        ("with space.txt", 'attachment; filename="with space.txt"'),
+        ("日本語.txt", "attachment; filename=.txt; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt"),
+        ('a";x=.txt', "attachment; filename=ax.txt; filename*=UTF-8''a%22%3Bx%3D.txt"),
+        ("a\r\nSet-Cookie: x", "attachment; filename=aSet-Cookiex; filename*=UTF-8''a%0D%0ASet-Cookie%3A%20x"),
+    ],
 )
 def test_content_disposition(name: str, header: str) -> None:
     assert content_disposition(name) == header
@@ -33,9 +52,18 @@ def test_content_disposition(name: str, header: str) -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [(None, None), ("bytes=0-0", ByteRange(0, 1)), ("bytes=5-", ByteRange(5, 10)), ("bytes=-3", ByteRange(7, 10)),
-     ("bytes=-30", ByteRange(0, 10)), ("bytes=2-100", ByteRange(2, 10)), ("bytes=1-2,4-5", None),
-     ("bytes=5-2", None), ("bytes=a-b", None), ("lines=1-2", None)],
+    [
+        (None, None),
+        ("bytes=0-0", ByteRange(0, 1)),
+        ("bytes=5-", ByteRange(5, 10)),
+        ("bytes=-3", ByteRange(7, 10)),
+        ("bytes=-30", ByteRange(0, 10)),
+        ("bytes=2-100", ByteRange(2, 10)),
+        ("bytes=1-2,4-5", None),
+        ("bytes=5-2", None),
+        ("bytes=a-b", None),
+        ("lines=1-2", None),
+    ],
 )
 def test_parse_range(header: str | None, expected: ByteRange | None) -> None:
     assert parse_range(header, 10) == expected

@@ -45,7 +45,9 @@ def test_placeholder_secret_is_refused_at_startup(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app", "server", "--port", str(free_port()), "--artifacts-destination", str(tmp_path)],
         env={"PATH": "/usr/bin:/bin", "ARTIFACT_PROXY_SIGNING_SECRET": "changethis"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "ARTIFACT_PROXY_SIGNING_SECRET is a placeholder" in result.stderr
@@ -56,18 +58,25 @@ def test_staging_is_invisible_and_removed_after_complete(tmp_path: Path) -> None
     with running_proxy(str(root), tmp_path / "proxy") as proxy:
         created = httpx.post(f"{proxy.api}/mpu/create/d", json={"path": "m.bin", "num_parts": 2}).json()
         etags = []
-        for cred, data in zip(created["credentials"], [b"a" * 1000, b"b" * 10]):
+        for cred, data in zip(created["credentials"], [b"a" * 1000, b"b" * 10], strict=True):
             etags.append(httpx.put(cred["url"], content=data).headers["etag"])
         assert httpx.get(f"{proxy.api}/artifacts", params={"path": "d"}).json() == {}
         assert [f["path"] for f in httpx.get(f"{proxy.api}/artifacts").json()["files"]] == ["d"]
         parts = [{"part_number": i + 1, "etag": e} for i, e in enumerate(etags)]
         # A part list that does not match what was uploaded is refused and nothing appears.
-        bad = httpx.post(f"{proxy.api}/mpu/complete/d", json={"path": "m.bin", "upload_id": created["upload_id"],
-                                                               "parts": [{"part_number": 1, "etag": '"x"'}, parts[1]]})
+        bad = httpx.post(
+            f"{proxy.api}/mpu/complete/d",
+            json={
+                "path": "m.bin",
+                "upload_id": created["upload_id"],
+                "parts": [{"part_number": 1, "etag": '"x"'}, parts[1]],
+            },
+        )
         assert bad.status_code == 400
         assert not (root / "d" / "m.bin").exists()
-        done = httpx.post(f"{proxy.api}/mpu/complete/d", json={"path": "m.bin", "upload_id": created["upload_id"],
-                                                                "parts": parts})
+        done = httpx.post(
+            f"{proxy.api}/mpu/complete/d", json={"path": "m.bin", "upload_id": created["upload_id"], "parts": parts}
+        )
         assert done.status_code == 200
         assert (root / "d" / "m.bin").read_bytes() == b"a" * 1000 + b"b" * 10
         assert list((root / ".artifact.uploading.mpu").iterdir()) == []

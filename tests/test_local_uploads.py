@@ -40,8 +40,10 @@ def wait_for_no_temp_files(root: Path, timeout: float = 10) -> None:
 def raw_put_then_hang_up(proxy: Proxy, path: str, announced: int, sent: bytes) -> None:
     host, port = urlsplit(proxy.url).netloc.split(":")
     with socket.create_connection((host, int(port))) as sock:
-        head = (f"PUT /api/2.0/mlflow-artifacts/artifacts/{path} HTTP/1.1\r\nHost: {host}\r\n"
-                f"Content-Length: {announced}\r\n\r\n")
+        head = (
+            f"PUT /api/2.0/mlflow-artifacts/artifacts/{path} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Length: {announced}\r\n\r\n"
+        )
         sock.sendall(head.encode() + sent)
         time.sleep(0.3)  # let the server write what it got, so the temp file really exists
 

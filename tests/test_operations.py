@@ -22,11 +22,18 @@ def test_metrics_count_requests_and_bytes_across_workers(tmp_path: Path) -> None
             httpx.put(proxy.artifact_url(f"m/{i}.bin"), content=b"x" * 1000).raise_for_status()
         httpx.get(proxy.artifact_url("m/missing.bin"))
         text = httpx.get(f"{proxy.url}/metrics").text
-        puts = [line for line in text.splitlines()
-                if line.startswith("artifact_proxy_requests_total{") and 'method="PUT"' in line and 'status="200"' in line]
+        puts = [
+            line
+            for line in text.splitlines()
+            if line.startswith("artifact_proxy_requests_total{") and 'method="PUT"' in line and 'status="200"' in line
+        ]
         assert puts and sum(float(line.rsplit(" ", 1)[1]) for line in puts) == 6
         assert 'route="artifact"' in puts[0]
-        received = [line for line in text.splitlines() if line.startswith('artifact_proxy_bytes_received_total{route="artifact"}')]
+        received = [
+            line
+            for line in text.splitlines()
+            if line.startswith('artifact_proxy_bytes_received_total{route="artifact"}')
+        ]
         assert float(received[0].rsplit(" ", 1)[1]) == 6000
         assert 'artifact_proxy_requests_total{method="GET",route="artifact",status="404"}' in text
         assert "artifact_proxy_request_duration_seconds_bucket" in text
@@ -62,13 +69,16 @@ def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> No
         host, port = urlsplit(proxy.url).netloc.split(":")
         body = os.urandom(4 * 1024 * 1024)
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(f"PUT /api/2.0/mlflow-artifacts/artifacts/g/in-flight.bin HTTP/1.1\r\nHost: x\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1024 * 1024])
+            sock.sendall(
+                f"PUT /api/2.0/mlflow-artifacts/artifacts/g/in-flight.bin HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[: 1024 * 1024]
+            )
             time.sleep(0.3)
             pid = int(proxy.log().split("Started server process [", 1)[1].split("]", 1)[0])
             os.kill(pid, signal.SIGTERM)
             time.sleep(0.5)
-            sock.sendall(body[1024 * 1024:])
+            sock.sendall(body[1024 * 1024 :])
             sock.settimeout(20)
             reply = sock.recv(4096)
         assert reply.startswith(b"HTTP/1.1 200")
@@ -76,8 +86,10 @@ def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> No
 
 
 def test_host_allow_list_and_cross_origin_refusal(tmp_path: Path) -> None:
-    env = {"MLFLOW_SERVER_ALLOWED_HOSTS": "127.0.0.1:*,artifacts.example.com",
-           "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": "https://ui.example.com"}
+    env = {
+        "MLFLOW_SERVER_ALLOWED_HOSTS": "127.0.0.1:*,artifacts.example.com",
+        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": "https://ui.example.com",
+    }
     with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
         url = proxy.artifact_url("h.txt")
         assert httpx.put(url, content=b"ok").status_code == 200

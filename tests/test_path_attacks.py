@@ -104,7 +104,11 @@ VERBS = {
     "DELETE": lambda p: ("DELETE", f"{API}/artifacts/{p}", None),
     "LIST": lambda p: ("GET", f"{API}/artifacts?path={p}", None),
     "MPU-CREATE": lambda p: ("POST", f"{API}/mpu/create/{p}", json.dumps({"path": "f.bin", "num_parts": 1}).encode()),
-    "MPU-COMPLETE": lambda p: ("POST", f"{API}/mpu/complete/{p}", json.dumps({"path": "f.bin", "upload_id": "u", "parts": [{"part_number": 1, "etag": "e"}]}).encode()),
+    "MPU-COMPLETE": lambda p: (
+        "POST",
+        f"{API}/mpu/complete/{p}",
+        json.dumps({"path": "f.bin", "upload_id": "u", "parts": [{"part_number": 1, "etag": "e"}]}).encode(),
+    ),
     "MPU-ABORT": lambda p: ("POST", f"{API}/mpu/abort/{p}", json.dumps({"path": "f.bin", "upload_id": "u"}).encode()),
     "PRESIGNED": lambda p: ("GET", f"{API}/presigned/{p}", None),
 }
@@ -112,9 +116,7 @@ VERBS = {
 
 @pytest.mark.parametrize("verb", list(VERBS))
 @pytest.mark.parametrize("payload", ATTACKS)
-def test_attack_is_refused_and_nothing_outside_changes(
-    world: tuple[Proxy, Path], verb: str, payload: str
-) -> None:
+def test_attack_is_refused_and_nothing_outside_changes(world: tuple[Proxy, Path], verb: str, payload: str) -> None:
     proxy, base = world
     if verb == "LIST" and payload.startswith("/") and not payload.startswith("//"):
         payload = "%2F" + payload[1:]
@@ -129,7 +131,9 @@ def test_attack_is_refused_and_nothing_outside_changes(
     assert (base / "outside" / "secret.txt").read_bytes() == SECRET
 
 
-@pytest.mark.parametrize("payload", ["..;/secret.txt", "..\u2215secret.txt", "\uff0e\uff0e\uff0fsecret.txt", "ok%3Fx=1.txt"])
+@pytest.mark.parametrize(
+    "payload", ["..;/secret.txt", "..\u2215secret.txt", "\uff0e\uff0e\uff0fsecret.txt", "ok%3Fx=1.txt"]
+)
 def test_lookalikes_stay_literal_names_inside_the_root(world: tuple[Proxy, Path], payload: str) -> None:
     proxy, base = world
     before = snapshot(base)

@@ -31,9 +31,28 @@ def test_canonical_forms(raw: str, canonical: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["../x", "a/../../x", "..", "%2e%2e/x", "..%2fx", "%252e%252e%252fx", "/etc/passwd", "file:///etc/passwd",
-     "C:/x", "C:\\x", "\\\\server\\share", "ok.txt#frag", "ok\x00.txt", "ok\n.txt", "a\x7fb", "%c0%ae%c0%ae/x",
-     ".artifact.uploading.x", "d/.artifact.uploading.y", "x" * 256, "%" + "25" * 11 + "2e"],
+    [
+        "../x",
+        "a/../../x",
+        "..",
+        "%2e%2e/x",
+        "..%2fx",
+        "%252e%252e%252fx",
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "C:/x",
+        "C:\\x",
+        "\\\\server\\share",
+        "ok.txt#frag",
+        "ok\x00.txt",
+        "ok\n.txt",
+        "a\x7fb",
+        "%c0%ae%c0%ae/x",
+        ".artifact.uploading.x",
+        "d/.artifact.uploading.y",
+        "x" * 256,
+        "%" + "25" * 11 + "2e",
+    ],
 )
 def test_rejections(raw: str) -> None:
     with pytest.raises(InvalidPath):
@@ -52,10 +71,12 @@ def test_file_path_needs_a_filename(raw: str) -> None:
 
 @pytest.mark.parametrize(
     ("directory", "body_path", "key"),
-    [("1/r/artifacts", "/data/run/model.bin", "1/r/artifacts/model.bin"),
-     ("", "model.bin", "model.bin"),
-     ("d", "C:\\Users\\me\\model.bin", "d/model.bin"),
-     ("d", "../../x.bin", "d/x.bin")],
+    [
+        ("1/r/artifacts", "/data/run/model.bin", "1/r/artifacts/model.bin"),
+        ("", "model.bin", "model.bin"),
+        ("d", "C:\\Users\\me\\model.bin", "d/model.bin"),
+        ("d", "../../x.bin", "d/x.bin"),
+    ],
 )
 def test_multipart_target_uses_only_the_basename(directory: str, body_path: str, key: str) -> None:
     assert multipart_target(directory, body_path).canonical == key

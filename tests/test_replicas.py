@@ -63,9 +63,15 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             store = StorageServer("local-shared", str(tmp / "shared"))
         secret = secrets.token_hex(32)
         port = free_port()
-        env = {**store.env, "ARTIFACT_PROXY_SIGNING_SECRET": secret, "ARTIFACT_PROXY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
-        replicas = [stack.enter_context(running_proxy(store.destination, tmp / f"replica-{i}", env=env))
-                    for i in range(REPLICAS)]
+        env = {
+            **store.env,
+            "ARTIFACT_PROXY_SIGNING_SECRET": secret,
+            "ARTIFACT_PROXY_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        }
+        replicas = [
+            stack.enter_context(running_proxy(store.destination, tmp / f"replica-{i}", env=env))
+            for i in range(REPLICAS)
+        ]
         balancer = stack.enter_context(round_robin([r.url for r in replicas], port))
         yield Cluster(store, replicas, balancer, secret, tmp)
 
@@ -90,8 +96,11 @@ def test_multipart_created_on_one_replica_completes_on_another(cluster: Cluster,
     first, second = cluster.replicas[0], cluster.replicas[1]
     sizes = [PART, PART, MiB + 123]
     data = [os.urandom(size) for size in sizes]
-    created = httpx.post(f"{first.api}/mpu/create/{prefix}/model",
-                         json={"path": "/home/me/model.bin", "num_parts": len(sizes)}, timeout=30)
+    created = httpx.post(
+        f"{first.api}/mpu/create/{prefix}/model",
+        json={"path": "/home/me/model.bin", "num_parts": len(sizes)},
+        timeout=30,
+    )
     assert created.status_code == 200, created.text
     body = created.json()
     credentials = sorted(body["credentials"], key=lambda c: c["part_number"])
@@ -102,8 +111,13 @@ def test_multipart_created_on_one_replica_completes_on_another(cluster: Cluster,
         for credential, chunk in zip(credentials, data, strict=True):
             put = client.put(credential["url"], content=chunk, headers=credential.get("headers") or {})
             assert put.status_code == 200, put.text
-            parts.append({"part_number": credential["part_number"], "etag": put.headers.get("etag", ""),
-                          "url": credential["url"]})
+            parts.append(
+                {
+                    "part_number": credential["part_number"],
+                    "etag": put.headers.get("etag", ""),
+                    "url": credential["url"],
+                }
+            )
     if cluster.store.name == "local-shared":
         # Self-signed part URLs name the balancer (ARTIFACT_PROXY_PUBLIC_URL) and were verified by every replica.
         assert all(c["url"].startswith(f"{cluster.api}/") for c in credentials)
@@ -111,9 +125,11 @@ def test_multipart_created_on_one_replica_completes_on_another(cluster: Cluster,
     else:
         assert all(c["url"].startswith(cluster.store.endpoint) for c in credentials)
 
-    completed = httpx.post(f"{second.api}/mpu/complete/{prefix}/model",
-                           json={"path": "/home/me/model.bin", "upload_id": body.get("upload_id"), "parts": parts},
-                           timeout=60)
+    completed = httpx.post(
+        f"{second.api}/mpu/complete/{prefix}/model",
+        json={"path": "/home/me/model.bin", "upload_id": body.get("upload_id"), "parts": parts},
+        timeout=60,
+    )
     assert completed.status_code == 200, completed.text
 
     whole = b"".join(data)
@@ -134,8 +150,9 @@ def test_download_through_the_balancer_of_what_another_replica_uploaded(cluster:
         assert got.status_code == 200 and sha(got.content) == sha(data)
     assert {hit.backend for hit in cluster.balancer.hits[start:]} == set(range(REPLICAS))
     # And the other way: uploaded through the balancer (streamed, chunked), read from each replica directly.
-    streamed = httpx.put(f"{cluster.api}/artifacts/{prefix}/b/streamed.bin", content=iter([data[:MiB], data[MiB:]]),
-                         timeout=60)
+    streamed = httpx.put(
+        f"{cluster.api}/artifacts/{prefix}/b/streamed.bin", content=iter([data[:MiB], data[MiB:]]), timeout=60
+    )
     assert streamed.status_code == 200, streamed.text
     for replica in cluster.replicas:
         assert sha(httpx.get(replica.artifact_url(f"{prefix}/b/streamed.bin"), timeout=60).content) == sha(data)
@@ -187,5 +204,6 @@ def test_mlflow_client_multipart_upload_through_the_balancer(
         out = tmp_path / f"out-{i}"
         out.mkdir()
         local = HttpArtifactRepository(replica.artifact_url(f"{prefix}/run/artifacts")).download_artifacts(
-            "model/weights.bin", str(out))
+            "model/weights.bin", str(out)
+        )
         assert sha(Path(local).read_bytes()) == sha(source.read_bytes())

@@ -42,8 +42,11 @@ NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 def mlflow_bin(name: str) -> str:
     path = MLFLOW_VENV / "bin" / name
     if not path.exists():
-        pytest.fail(f"{path} is missing: the full MLflow lives in its own venv; create it with "
-                    "`bash deploy/setup-mlflow-venv.sh` (`make test` does)", pytrace=False)
+        pytest.fail(
+            f"{path} is missing: the full MLflow lives in its own venv; create it with "
+            "`bash deploy/setup-mlflow-venv.sh` (`make test` does)",
+            pytrace=False,
+        )
     return str(path)
 
 
@@ -60,12 +63,27 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     mlflow = mlflow_bin("mlflow")
     tmp = tmp_path_factory.mktemp("stack")
-    with seaweedfs_server(tmp / "s3") as storage, running_proxy(storage.destination, tmp / "proxy", env=storage.env,
-                                                                workers=2) as proxy:
+    with (
+        seaweedfs_server(tmp / "s3") as storage,
+        running_proxy(storage.destination, tmp / "proxy", env=storage.env, workers=2) as proxy,
+    ):
         port = free_port()
         artifact_root = f"{proxy.url}{ARTIFACT_API}/experiments"
-        args = [mlflow, "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--no-serve-artifacts",
-                "--default-artifact-root", artifact_root, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        args = [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--no-serve-artifacts",
+            "--default-artifact-root",
+            artifact_root,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
         process = start_process(args, tmp / "mlflow-server.log", env={**NO_TELEMETRY, **NO_JOBS}, cwd=tmp)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -78,15 +96,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def demo(stack: Stack) -> dict[str, Any]:
     """Run the real MLflow client against the tracking server, once; its JSON summary."""
-    env = {**os.environ, **NO_TELEMETRY, "MLFLOW_TRACKING_URI": stack.tracking_url,
-           "EXPECTED_ARTIFACT_ROOT": stack.artifact_root, "PYTHONPATH": "",
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # a 5xx fails at once instead of minutes of back-off
-    result = subprocess.run([mlflow_bin("python"), str(DEMO)], env=env, cwd=stack.tmp, capture_output=True,
-                            text=True, timeout=240)
+    env = {
+        **os.environ,
+        **NO_TELEMETRY,
+        "MLFLOW_TRACKING_URI": stack.tracking_url,
+        "EXPECTED_ARTIFACT_ROOT": stack.artifact_root,
+        "PYTHONPATH": "",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }  # a 5xx fails at once instead of minutes of back-off
+    result = subprocess.run(
+        [mlflow_bin("python"), str(DEMO)], env=env, cwd=stack.tmp, capture_output=True, text=True, timeout=240
+    )
     if result.returncode != 0:
         server_log = (stack.tmp / "mlflow-server.log").read_text(errors="replace")[-4000:]
-        pytest.fail(f"MLflow client failed ({result.returncode}):\n{result.stderr[-6000:]}\n"
-                    f"--- proxy log ---\n{stack.proxy.log()[-3000:]}\n--- tracking server log ---\n{server_log}")
+        pytest.fail(
+            f"MLflow client failed ({result.returncode}):\n{result.stderr[-6000:]}\n"
+            f"--- proxy log ---\n{stack.proxy.log()[-3000:]}\n--- tracking server log ---\n{server_log}"
+        )
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
@@ -104,7 +130,7 @@ def bucket_keys(stack: Stack, path: str) -> set[str]:
     client = boto3_client(stack.storage.endpoint)
     keys: set[str] = set()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
-        keys.update(obj["Key"][len(base):] for obj in page.get("Contents", []))
+        keys.update(obj["Key"][len(base) :] for obj in page.get("Contents", []))
     return keys
 
 
@@ -153,8 +179,13 @@ def test_setup_script_is_idempotent() -> None:
     mlflow_bin("mlflow")
     stamp = MLFLOW_VENV / ".artifact-proxy-installed"
     before = stamp.stat().st_mtime
-    result = subprocess.run(["bash", str(ROOT / "deploy" / "setup-mlflow-venv.sh")], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "MLFLOW_VENV": str(MLFLOW_VENV)})
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "setup-mlflow-venv.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MLFLOW_VENV": str(MLFLOW_VENV)},
+    )
     assert result.returncode == 0, result.stderr
     assert "setup-mlflow-venv: ok" in result.stdout and "installing" not in result.stdout
     assert stamp.stat().st_mtime == before
@@ -183,21 +214,39 @@ def test_stack_script_serves_the_topology_and_ctrl_c_stops_it(tmp_path: Path) ->
     """`make stack` (`bash deploy/stack.sh`): everything comes up wired together, and Ctrl-C stops every process."""
     mlflow_bin("mlflow")  # fail here rather than let the script install MLflow (minutes) in the middle of a test
     taken: set[int] = set()
-    ports = {name: free_port_pair(taken) for name in
-             ("TRACKING_PORT", "PROXY_PORT", "S3_PORT", "PG_PORT", "WEED_MASTER_PORT", "WEED_VOLUME_PORT",
-              "WEED_FILER_PORT", "WEED_ADMIN_PORT")}
+    ports = {
+        name: free_port_pair(taken)
+        for name in (
+            "TRACKING_PORT",
+            "PROXY_PORT",
+            "S3_PORT",
+            "PG_PORT",
+            "WEED_MASTER_PORT",
+            "WEED_VOLUME_PORT",
+            "WEED_FILER_PORT",
+            "WEED_ADMIN_PORT",
+        )
+    }
     # Not under pytest's 0700 tmp dirs: PostgreSQL runs as the `postgres` user when the tests run as root.
     stack_dir = Path(tempfile.mkdtemp(prefix="artifact-proxy-stack-test-"))
     stack_dir.chmod(0o755)
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "STACK_DIR": str(stack_dir),
-           "MLFLOW_VENV": str(MLFLOW_VENV), "PROXY_WORKERS": "1"}
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in ports.items()},
+        "STACK_DIR": str(stack_dir),
+        "MLFLOW_VENV": str(MLFLOW_VENV),
+        "PROXY_WORKERS": "1",
+    }
     log_path = tmp_path / "stack.log"  # outside STACK_DIR, which --fresh empties
     tracking = f"http://127.0.0.1:{ports['TRACKING_PORT']}"
     root = f"http://127.0.0.1:{ports['PROXY_PORT']}{ARTIFACT_API}/experiments"
     with open(log_path, "wb") as log:
         # SIGINT as a terminal's Ctrl-C delivers it; a default handler, whatever the test runner inherited.
         process = subprocess.Popen(
-            ["bash", str(ROOT / "deploy" / "stack.sh"), "--fresh"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            ["bash", str(ROOT / "deploy" / "stack.sh"), "--fresh"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:

@@ -71,8 +71,9 @@ def p(raw: str) -> ArtifactPath:
     return canonical_path(raw)
 
 
-async def stream(data: bytes, chunk: int = 10_000, fail_after: int | None = None,
-                 hang: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+async def stream(
+    data: bytes, chunk: int = 10_000, fail_after: int | None = None, hang: asyncio.Event | None = None
+) -> AsyncIterator[bytes]:
     """The body of an upload; after `fail_after` bytes it fails, or with `hang` it sets the event and stalls."""
     for start in range(0, len(data), chunk):
         if fail_after is not None and start >= fail_after:
@@ -94,7 +95,13 @@ async def read_all(store: FTPStore, raw: str, start: int = 0, end: int | None = 
 def test_uri_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     target = parse_ftp_uri("ftp://me:p%40ss@host:2121/srv/artifacts/", FTPConfig())  # type: ignore[call-arg]
     assert (target.user, target.password, target.host, target.port, target.root, target.tls) == (
-        "me", "p@ss", "host", 2121, "/srv/artifacts", False)
+        "me",
+        "p@ss",
+        "host",
+        2121,
+        "/srv/artifacts",
+        False,
+    )
     anonymous = parse_ftp_uri("ftp://host", FTPConfig())  # type: ignore[call-arg]
     assert (anonymous.user, anonymous.port, anonymous.root) == ("anonymous", 21, ".")
     assert parse_ftp_uri("ftps://u@host/~/runs", FTPConfig()).tls  # type: ignore[call-arg]
@@ -241,7 +248,9 @@ async def test_server_without_mlsd_is_served_through_list(tmp_path: Path) -> Non
             await ftp.write(p("a/c/d.txt"), stream(b"dee"), None)
             assert ftp._mlsx is False
             assert [(f.path, f.is_dir, f.file_size) for f in await ftp.list(p("a"))] == [
-                ("b.txt", False, 3), ("c", True, None)]
+                ("b.txt", False, 3),
+                ("c", True, None),
+            ]
             assert await ftp.list(p("a/b.txt")) == [] and await ftp.list(p("nope")) == []
             assert await read_all(ftp, "a/b.txt") == b"bee"
             with pytest.raises(IsADirectoryArtifact):
@@ -317,8 +326,10 @@ async def test_capabilities_answer_501_and_server_info_false(store: FTPStore) ->
         assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (False, False)
         created = await client.post("/api/2.0/mlflow-artifacts/mpu/create/d", json={"path": "m.bin", "num_parts": 2})
         assert created.status_code == 501
-        assert created.json() == {"error_code": "NOT_IMPLEMENTED",
-                                  "message": "Multipart upload is not supported for the current artifact repository"}
+        assert created.json() == {
+            "error_code": "NOT_IMPLEMENTED",
+            "message": "Multipart upload is not supported for the current artifact repository",
+        }
         assert (await client.get("/api/2.0/mlflow-artifacts/presigned/d/m.bin")).status_code == 501
 
 
@@ -330,8 +341,13 @@ async def test_outage_then_recovery_without_restarting_the_store(tmp_path: Path)
         try:
             await ftp.write(p("f.txt"), stream(b"before"), None)
             stop_process(flaky.process)
-            for attempt in (ftp.check_ready(), ftp.open_read(p("f.txt")), ftp.list(p("")),
-                            ftp.write(p("g.txt"), stream(b"g"), None), ftp.delete(p("f.txt"))):
+            for attempt in (
+                ftp.check_ready(),
+                ftp.open_read(p("f.txt")),
+                ftp.list(p("")),
+                ftp.write(p("g.txt"), stream(b"g"), None),
+                ftp.delete(p("f.txt")),
+            ):
                 with pytest.raises(StorageUnavailable) as caught:
                     await attempt
                 assert caught.value.status_code == 503 and caught.value.headers["Retry-After"]

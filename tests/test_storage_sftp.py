@@ -49,16 +49,20 @@ def _no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def config_for(server: StorageServer, **overrides: object) -> SFTPConfig:
     env = server.env
-    values: dict[str, object] = {"known_hosts": env["ARTIFACT_PROXY_SFTP_KNOWN_HOSTS"],
-                                 "identity_file": env["ARTIFACT_PROXY_SFTP_IDENTITY_FILE"],
-                                 "ssh_config": env["ARTIFACT_PROXY_SFTP_CONFIG"], **overrides}
+    values: dict[str, object] = {
+        "known_hosts": env["ARTIFACT_PROXY_SFTP_KNOWN_HOSTS"],
+        "identity_file": env["ARTIFACT_PROXY_SFTP_IDENTITY_FILE"],
+        "ssh_config": env["ARTIFACT_PROXY_SFTP_CONFIG"],
+        **overrides,
+    }
     return SFTPConfig(**values)  # type: ignore[arg-type]
 
 
 def make_store(server: StorageServer, destination: str | None = None, **overrides: object) -> SFTPStore:
     settings = Settings(upload_chunk_size=BLOCK, download_chunk_size=BLOCK, storage_timeout=10)  # type: ignore[call-arg]
-    return SFTPStore(destination or f"{server.destination}/{uuid.uuid4().hex[:8]}", settings,
-                     config_for(server, **overrides))
+    return SFTPStore(
+        destination or f"{server.destination}/{uuid.uuid4().hex[:8]}", settings, config_for(server, **overrides)
+    )
 
 
 def root_dir(server: StorageServer, store: SFTPStore) -> Path:
@@ -79,8 +83,9 @@ def p(raw: str) -> ArtifactPath:
     return canonical_path(raw)
 
 
-async def stream(data: bytes, chunk: int = 10_000, fail_after: int | None = None,
-                 hang: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+async def stream(
+    data: bytes, chunk: int = 10_000, fail_after: int | None = None, hang: asyncio.Event | None = None
+) -> AsyncIterator[bytes]:
     """The body of an upload; after `fail_after` bytes it fails, or with `hang` it sets the event and stalls."""
     for start in range(0, len(data), chunk):
         if fail_after is not None and start >= fail_after:
@@ -102,7 +107,12 @@ async def read_all(store: SFTPStore, raw: str, start: int = 0, end: int | None =
 def test_uri_parsing() -> None:
     target = parse_sftp_uri("sftp://me:p%40ss@host:2222/srv/artifacts/")
     assert (target.username, target.password, target.host, target.port, target.root) == (
-        "me", "p@ss", "host", 2222, "/srv/artifacts")
+        "me",
+        "p@ss",
+        "host",
+        2222,
+        "/srv/artifacts",
+    )
     assert parse_sftp_uri("sftp://host").root == "."
     assert parse_sftp_uri("sftp://host/~/mlruns").root == "mlruns"
     assert parse_sftp_uri("sftp://host/").root == "/"
@@ -174,8 +184,9 @@ async def test_create_only(store: SFTPStore) -> None:
     await store.write(p("once.txt"), stream(b"first"), None, once)
     with pytest.raises(AlreadyExists):
         await store.write(p("once.txt"), stream(b"second"), None, once)
-    results = await asyncio.gather(*(store.write(p("race.txt"), stream(bytes([i]) * 50_000), None, once)
-                                     for i in range(4)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(store.write(p("race.txt"), stream(bytes([i]) * 50_000), None, once) for i in range(4)), return_exceptions=True
+    )
     assert sum(r is None for r in results) == 1  # a hard link is atomic: exactly one racer wins
     assert all(isinstance(r, AlreadyExists) for r in results if r is not None)
     assert await read_all(store, "once.txt") == b"first"
@@ -253,8 +264,10 @@ async def test_capabilities_answer_501_and_server_info_false(store: SFTPStore) -
         assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (False, False)
         created = await client.post("/api/2.0/mlflow-artifacts/mpu/create/d", json={"path": "m.bin", "num_parts": 2})
         assert created.status_code == 501
-        assert created.json() == {"error_code": "NOT_IMPLEMENTED",
-                                  "message": "Multipart upload is not supported for the current artifact repository"}
+        assert created.json() == {
+            "error_code": "NOT_IMPLEMENTED",
+            "message": "Multipart upload is not supported for the current artifact repository",
+        }
         presigned = await client.get("/api/2.0/mlflow-artifacts/presigned/d/m.bin")
         assert presigned.status_code == 501
         assert presigned.json()["message"].startswith("Multipart download is not supported")
@@ -278,8 +291,10 @@ async def test_password_in_uri_works_and_is_warned_about(
 async def test_ssh_config_host_entry(server: StorageServer, tmp_path: Path) -> None:
     port = server.endpoint.rsplit(":", 1)[1]
     config = tmp_path / "ssh_config"
-    config.write_text(f"Host artifacts-box\n  HostName 127.0.0.1\n  Port {port}\n  User {USER}\n"
-                      f"  IdentityFile {server.env['ARTIFACT_PROXY_SFTP_IDENTITY_FILE']}\n")
+    config.write_text(
+        f"Host artifacts-box\n  HostName 127.0.0.1\n  Port {port}\n  User {USER}\n"
+        f"  IdentityFile {server.env['ARTIFACT_PROXY_SFTP_IDENTITY_FILE']}\n"
+    )
     sftp = make_store(server, "sftp://artifacts-box/artifacts/via-config", identity_file=None, ssh_config=str(config))
     await sftp.start()
     try:
@@ -310,8 +325,13 @@ async def test_outage_then_recovery_without_restarting_the_store(tmp_path: Path)
         try:
             await sftp.write(p("f.txt"), stream(b"before"), None)
             stop_process(flaky.process)
-            for attempt in (sftp.check_ready(), sftp.open_read(p("f.txt")), sftp.list(p("")),
-                            sftp.write(p("g.txt"), stream(b"g"), None), sftp.delete(p("f.txt"))):
+            for attempt in (
+                sftp.check_ready(),
+                sftp.open_read(p("f.txt")),
+                sftp.list(p("")),
+                sftp.write(p("g.txt"), stream(b"g"), None),
+                sftp.delete(p("f.txt")),
+            ):
                 with pytest.raises(StorageUnavailable) as caught:
                     await attempt
                 assert caught.value.status_code == 503 and caught.value.headers["Retry-After"]

@@ -17,9 +17,12 @@ MiB = 1024 * 1024
 
 
 def test_store_stopped_mid_upload_then_back(tmp_path: Path) -> None:
-    with seaweedfs_server(tmp_path / "s3") as store, running_proxy(
-        store.destination, tmp_path / "proxy", env={**store.env, "ARTIFACT_PROXY_STORAGE_TIMEOUT": "10"}
-    ) as proxy:
+    with (
+        seaweedfs_server(tmp_path / "s3") as store,
+        running_proxy(
+            store.destination, tmp_path / "proxy", env={**store.env, "ARTIFACT_PROXY_STORAGE_TIMEOUT": "10"}
+        ) as proxy,
+    ):
         url = proxy.artifact_url("outage/model.bin")
         httpx.put(url, content=b"the previous version", timeout=60).raise_for_status()
         stopped = threading.Event()

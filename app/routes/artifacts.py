@@ -25,10 +25,10 @@ from app.errors import (
     PayloadTooLarge,
     error_response,
 )
-from app.paths import ArtifactPath, canonical_path, file_path
-from app.settings import Settings
-from app.schemas import list_json
 from app.integrity import DigestingStream, expected_digests, repr_digest
+from app.paths import ArtifactPath, canonical_path, file_path
+from app.schemas import list_json
+from app.settings import Settings
 from app.storage.base import ArtifactStore, ObjectMeta, ReadHandle, WriteOptions, supports_multipart_upload
 
 logger = logging.getLogger("artifact_proxy.artifacts")

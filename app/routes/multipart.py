@@ -18,8 +18,8 @@ from app.auth import Operation, authorize
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
 from app.paths import ArtifactPath, canonical_path, multipart_target
 from app.routes.artifacts import EMPTY_JSON, store_of
-from app.signing import current_base_url
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
+from app.signing import current_base_url
 from app.storage.base import (
     CompletedPart,
     MultipartUploads,
@@ -67,7 +67,7 @@ def _num_parts(value: object) -> int:
     try:
         parts = int(value)
     except ValueError as exc:
-        raise InvalidParameter(f'Invalid value "{value}" for parameter \'num_parts\' supplied') from exc
+        raise InvalidParameter(f"Invalid value \"{value}\" for parameter 'num_parts' supplied") from exc
     if not 1 <= parts <= MAX_PARTS:
         raise InvalidParameter(
             f"Invalid value {parts} for parameter 'num_parts': must be between 1 and {MAX_PARTS}; "

@@ -36,8 +36,9 @@ async def upload_part(request: Request) -> Response:
     store = _signing_store(request)
     upload_id, part = request.path_params["upload_id"], request.path_params["part"]
     assert store.signer is not None
-    store.signer.verify("part", (upload_id, str(part)), request.query_params.get("expires"),
-                        request.query_params.get("sig"))
+    store.signer.verify(
+        "part", (upload_id, str(part)), request.query_params.get("expires"), request.query_params.get("sig")
+    )
     etag = await store.write_part(upload_id, part, request.stream())
     return Response(EMPTY_JSON, media_type="application/json", headers={"etag": etag})
 
@@ -46,8 +47,9 @@ async def signed_download(request: Request) -> Response:
     store = _signing_store(request)
     path = canonical_path(request.path_params["path"])
     assert store.signer is not None
-    store.signer.verify("download", (path.canonical,), request.query_params.get("expires"),
-                        request.query_params.get("sig"))
+    store.signer.verify(
+        "download", (path.canonical,), request.query_params.get("expires"), request.query_params.get("sig")
+    )
     return await serve_download(request, path)
 
 

@@ -44,6 +44,9 @@ class WriteOptions:
     digest: Callable[[], str | None] = _no_digest
 
 
+DEFAULT_WRITE = WriteOptions()  # a plain overwrite with no digest to keep
+
+
 @dataclass(frozen=True, slots=True)
 class FileInfo:
     path: str  # basename
@@ -105,7 +108,7 @@ class ArtifactStore(Protocol):
     async def open_read(self, path: ArtifactPath) -> ReadHandle: ...
 
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = WriteOptions()
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         """Store the bytes of `chunks` at `path` atomically; `size` is the announced length when known."""
 

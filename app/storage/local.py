@@ -32,8 +32,8 @@ from app.errors import (
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
 from app.signing import UrlSigner
-from app.storage.base import FileInfo, ObjectMeta, WriteOptions
 from app.storage import writeback
+from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, WriteOptions
 from app.storage.local_multipart import LocalPresigning, sweep_expired_staging
 
 logger = logging.getLogger("artifact_proxy.storage.local")
@@ -149,7 +149,7 @@ class LocalStore(LocalPresigning):
 
     # write --------------------------------------------------------------------------------------------------------
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = WriteOptions()
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         iterator = aiter(chunks)
         head = bytearray()
@@ -217,7 +217,7 @@ class LocalStore(LocalPresigning):
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         return fd, temp, target
 
-    def _commit(self, fd: int, temp: str, target: str, tail: bytes, options: WriteOptions = WriteOptions()) -> None:
+    def _commit(self, fd: int, temp: str, target: str, tail: bytes, options: WriteOptions = DEFAULT_WRITE) -> None:
         try:
             _write_all(fd, tail)
             _record_digest(fd, options.digest())
@@ -236,7 +236,7 @@ class LocalStore(LocalPresigning):
     def _relative(self, target: str) -> str:
         return os.path.relpath(target, self._real_root)
 
-    def _write_small(self, path: ArtifactPath, data: bytes, options: WriteOptions = WriteOptions()) -> None:
+    def _write_small(self, path: ArtifactPath, data: bytes, options: WriteOptions = DEFAULT_WRITE) -> None:
         fd, temp, target = self._open_temp(path)
         self._commit(fd, temp, target, data, options)
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import anyio.to_thread
 
-from app.errors import ArtifactNotFound, InvalidParameter, ResourceNotFound
+from app.errors import InvalidParameter, ResourceNotFound
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.signing import UrlSigner, current_base_url
 from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
@@ -178,7 +178,7 @@ def _append_file(fd: int, source: str) -> None:
         while chunk := handle.read(1024 * 1024):
             view = memoryview(chunk)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
 
 
 def _finish_part(fd: int, temp: str, final: str) -> str:

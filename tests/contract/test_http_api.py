@@ -135,7 +135,10 @@ def test_list_first_path_value_wins(http: httpx.Client, prefix: str) -> None:
 def test_get_missing_is_404_in_mlflow_shape(http: httpx.Client, prefix: str) -> None:
     response = http.get(f"/artifacts/{prefix}/nope.txt")
     assert response.status_code == 404
-    assert response.json() == {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"No such artifact: '{prefix}/nope.txt'"}
+    assert response.json() == {
+        "error_code": "RESOURCE_DOES_NOT_EXIST",
+        "message": f"No such artifact: '{prefix}/nope.txt'",
+    }
 
 
 def test_get_directory_is_400(http: httpx.Client, prefix: str) -> None:
@@ -190,13 +193,22 @@ def test_unicode_names_get_rfc5987_disposition(http: httpx.Client, prefix: str) 
     put(http, f"{prefix}/日本語.txt", b"x")
     response = http.get(f"/artifacts/{prefix}/日本語.txt")
     assert response.status_code == 200
-    assert response.headers["content-disposition"] == "attachment; filename=.txt; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt"
+    assert (
+        response.headers["content-disposition"]
+        == "attachment; filename=.txt; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt"
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "mime"),
-    [("a.json", "text/plain"), ("a.html", "text/html"), ("a.png", "image/png"), ("MLmodel", "text/plain"),
-     ("a.pkl", "application/octet-stream"), ("a.svg", "image/svg+xml")],
+    [
+        ("a.json", "text/plain"),
+        ("a.html", "text/html"),
+        ("a.png", "image/png"),
+        ("MLmodel", "text/plain"),
+        ("a.pkl", "application/octet-stream"),
+        ("a.svg", "image/svg+xml"),
+    ],
 )
 def test_content_type_from_name_only(http: httpx.Client, prefix: str, name: str, mime: str) -> None:
     http.put(f"/artifacts/{prefix}/{name}", content=b"<x/>", headers={"Content-Type": "text/html"})
@@ -275,9 +287,13 @@ def test_server_info_tells_the_truth_about_presigning(http: httpx.Client, proxy:
         body = {"path": "x.bin", "upload_id": create.json().get("upload_id")}
         assert http.post(f"/mpu/abort/{prefix}", json=body).status_code == 200
     else:
-        assert (create.status_code, create.json()) == (501, {
-            "error_code": "NOT_IMPLEMENTED",
-            "message": "Multipart upload is not supported for the current artifact repository"})
+        assert (create.status_code, create.json()) == (
+            501,
+            {
+                "error_code": "NOT_IMPLEMENTED",
+                "message": "Multipart upload is not supported for the current artifact repository",
+            },
+        )
     put(http, f"{prefix}/p.txt", b"p")
     presigned = http.get(f"/presigned/{prefix}/p.txt")
     assert presigned.status_code == (200 if info["multipart_downloads_enabled"] else 501)

@@ -41,8 +41,9 @@ def write_certificate(directory: Path) -> Path:
         .sign(key, hashes.SHA256())
     )  # fmt: skip
     path = directory / "ftps.pem"
-    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path.write_bytes(pem_key + certificate.public_bytes(serialization.Encoding.PEM))
     return path
 
@@ -81,8 +82,9 @@ def ftp_server(tmp_dir: Path, tls: bool = False, mlsx: bool = True) -> Iterator[
     process = start_ftp(tmp_dir / "ftp-root", port, tmp_dir, certificate, mlsx)
     scheme = "ftps" if tls else "ftp"
     env = {"ARTIFACT_PROXY_FTP_CA_FILE": str(certificate)} if certificate else {}
-    server = StorageServer(scheme, f"{scheme}://{USER}:{PASSWORD}@127.0.0.1:{port}/artifacts", env,
-                           f"127.0.0.1:{port}", process)
+    server = StorageServer(
+        scheme, f"{scheme}://{USER}:{PASSWORD}@127.0.0.1:{port}/artifacts", env, f"127.0.0.1:{port}", process
+    )
     try:
         yield server
     finally:

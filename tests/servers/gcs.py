@@ -56,8 +56,23 @@ def write_service_account(path: Path) -> Path:
 
 def start_fake_gcs(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     endpoint = f"http://127.0.0.1:{port}"
-    args = [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
-            "-external-url", endpoint, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"]
+    args = [
+        str(fake_gcs_binary()),
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-backend",
+        "memory",
+        "-external-url",
+        endpoint,
+        "-public-host",
+        f"127.0.0.1:{port}",
+        "-log-level",
+        "warn",
+    ]
     with open(log_path, "wb") as log:  # the child keeps its own descriptor; ours closes here
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_until(http_ok(f"{endpoint}/storage/v1/b"), 15, "fake-gcs-server", process)

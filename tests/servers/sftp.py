@@ -71,8 +71,20 @@ def _banner(port: int) -> bool:
 
 def start_sftp(root: Path, port: int, files: SFTPFiles, password: str | None = None) -> subprocess.Popen[bytes]:
     root.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "tests.servers.sftp", "serve", "--root", str(root), "--port", str(port),
-            "--host-key", str(files.host_key), "--authorized-keys", str(files.authorized_keys)]
+    args = [
+        sys.executable,
+        "-m",
+        "tests.servers.sftp",
+        "serve",
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        "--host-key",
+        str(files.host_key),
+        "--authorized-keys",
+        str(files.authorized_keys),
+    ]
     if password:
         args += ["--password", password]
     with open(files.directory / f"sftp-{port}.log", "ab") as log:  # the child keeps its own descriptor
@@ -100,8 +112,9 @@ def sftp_server(tmp_dir: Path, password: str | None = None) -> Iterator[StorageS
     files = make_files(Path(tmp_dir) / "sftp-keys", port)
     root = Path(tmp_dir) / "sftp-root"
     process = start_sftp(root, port, files, password)
-    server = StorageServer("sftp", f"sftp://{USER}@127.0.0.1:{port}/artifacts", proxy_env(files),
-                           f"127.0.0.1:{port}", process)
+    server = StorageServer(
+        "sftp", f"sftp://{USER}@127.0.0.1:{port}/artifacts", proxy_env(files), f"127.0.0.1:{port}", process
+    )
     try:
         yield server
     finally:

@@ -50,8 +50,21 @@ def running_proxy(
     port = free_port()
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / f"proxy-{port}.log"
-    args = [sys.executable, "-m", "app", "server", "--artifacts-destination", destination, "--host", "127.0.0.1",
-            "--port", str(port), "--workers", str(workers), *(extra_args or [])]
+    args = [
+        sys.executable,
+        "-m",
+        "app",
+        "server",
+        "--artifacts-destination",
+        destination,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *(extra_args or []),
+    ]
     base_env = {"ARTIFACT_PROXY_SIGNING_SECRET": secrets.token_hex(16)}
     process = start_process(args, log_path, env={**base_env, **(env or {})}, cwd=work_dir)
     url = f"http://127.0.0.1:{port}"
