@@ -82,3 +82,13 @@ def test_staging_is_invisible_and_removed_after_complete(tmp_path: Path) -> None
         assert list((root / ".artifact.uploading.mpu").iterdir()) == []
         # Parts for a finished upload have nowhere to go.
         assert httpx.put(created["credentials"][0]["url"], content=b"late").status_code == 404
+
+
+def test_presigned_only_mode_refuses_large_proxied_puts(tmp_path: Path) -> None:
+    env = {"ARTIFACT_PROXY_PRESIGNED_ONLY_MIN_SIZE": "1000"}
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
+        refused = httpx.put(proxy.artifact_url("big.bin"), content=b"x" * 5000)
+        assert refused.status_code == 413
+        assert "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true" in refused.json()["message"]
+        assert httpx.put(proxy.artifact_url("small.bin"), content=b"x" * 1000).status_code == 200
+        assert not (tmp_path / "root" / "big.bin").exists()
