@@ -9,6 +9,8 @@
   atomically; create-only writes hard-link (fails if the target exists) or fall back to the standard rename, which
   never replaces. Downloads read at offsets in bounded chunks from a handle opened once, so one response never mixes
   two versions. Multipart and presigned URLs do not exist here: the routes answer 501.
+
+Settings, login options and the shared connection live in `sftp_connect`, error mapping in `sftp_errors`.
 """
 
 from __future__ import annotations
@@ -17,126 +19,34 @@ import asyncio
 import logging
 import posixpath
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import suppress
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar, cast
-from urllib.parse import unquote, urlsplit
+from typing import cast
 
 import anyio
 import asyncssh
 from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, FILEXFER_TYPE_SYMLINK
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import (
     AlreadyExists,
     ArtifactNotFound,
-    ArtifactProxyError,
     InvalidParameter,
-    InvalidPath,
     IsADirectoryArtifact,
-    StorageMisconfigured,
     StorageTimeout,
     StorageUnavailable,
 )
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
-from app.storage import StoreConfigError
-from app.storage.base import FileInfo, ObjectMeta, WriteOptions
+from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, WriteOptions
 from app.storage.chunks import rechunk
+from app.storage.sftp_connect import SFTPConfig, SFTPConnection, SFTPTarget, check_files, parse_sftp_uri
+from app.storage.sftp_errors import MISSING
+
+# SFTPConfig, SFTPTarget and parse_sftp_uri live in sftp_connect; callers import them from here too.
+__all__ = ["SFTPConfig", "SFTPReadHandle", "SFTPStore", "SFTPTarget", "parse_sftp_uri"]
 
 logger = logging.getLogger("artifact_proxy.storage.sftp")
-# asyncssh logs every connection and channel at INFO; keep it quiet unless an operator lowers the level.
-if logging.getLogger("asyncssh").level == logging.NOTSET:
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-
-T = TypeVar("T")
-MISSING = (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath, asyncssh.SFTPNotADirectory)
-# Errors after which the connection is unusable: drop it, reconnect on the next request.
-CONNECTION_LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection, asyncssh.DisconnectError,
-                   asyncssh.ChannelOpenError, ConnectionError)
-FAILURES = (asyncssh.Error, OSError, TimeoutError)  # what `map_error` translates
-
-
-class SFTPConfig(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
-
-    # A known_hosts file, or "none" to accept any host key (only on a network you trust).
-    known_hosts: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_KNOWN_HOSTS")
-    identity_file: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_IDENTITY_FILE")
-    # An OpenSSH client config to read instead of ~/.ssh/config.
-    ssh_config: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_CONFIG")
-    keepalive: float = Field(15.0, ge=0, validation_alias="ARTIFACT_PROXY_SFTP_KEEPALIVE")
-
-
-@dataclass(frozen=True, slots=True)
-class SFTPTarget:
-    host: str
-    port: int | None
-    username: str | None
-    password: str | None
-    root: str  # absolute, or relative to the login directory ("." for the login directory itself)
-
-
-def parse_sftp_uri(uri: str) -> SFTPTarget:
-    parts = urlsplit(uri)
-    if parts.scheme.lower() != "sftp" or not parts.hostname:
-        raise StoreConfigError(f"Use sftp://[user@]host[:port]/path, not {uri!r}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise StoreConfigError(f"Invalid port in {uri!r}") from exc
-    path = unquote(parts.path)
-    # As in curl, `/~/dir` is relative to the login directory; any other path is absolute.
-    root = "." if path in ("", "/~", "/~/") else path[3:].rstrip("/") if path.startswith("/~/") else path.rstrip("/")
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    return SFTPTarget(parts.hostname, port, user, password, root or "/")
-
-
-def check_files(config: SFTPConfig) -> None:
-    """Read the key files once at startup, so a bad one stops the service with a clear message, not a 502 later."""
-    files: list[tuple[str, str | None, Callable[[str], object]]] = [
-        ("KNOWN_HOSTS", config.known_hosts, asyncssh.read_known_hosts),
-        ("IDENTITY_FILE", config.identity_file, asyncssh.read_private_key),
-        ("CONFIG", config.ssh_config, lambda path: Path(path).read_text()),
-    ]
-    for name, value, read in files:
-        if not value or value.lower() == "none":
-            continue
-        path = str(Path(value).expanduser())
-        if not Path(path).is_file():
-            raise StoreConfigError(f"ARTIFACT_PROXY_SFTP_{name}: the file {value!r} does not exist")
-        try:
-            read(path)
-        except (OSError, ValueError) as exc:  # an encrypted key without the agent lands here too
-            raise StoreConfigError(f"ARTIFACT_PROXY_SFTP_{name}: cannot use {value!r}: {exc}") from exc
-
-
-def map_error(exc: BaseException, what: str, where: str) -> ArtifactProxyError:
-    """Translate asyncssh and socket errors into the service's hierarchy; details go to the log."""
-    logger.warning("sftp %s %r failed: %s: %s", what, where, type(exc).__name__, exc)
-    if isinstance(exc, MISSING):
-        return ArtifactNotFound(where)
-    if isinstance(exc, TimeoutError):
-        return StorageTimeout(f"The SFTP server did not answer in time while {what}")
-    if isinstance(exc, (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable, ValueError)):
-        return StorageMisconfigured(
-            f"The SFTP server refused the proxy's login or its host key is not trusted ({type(exc).__name__}): "
-            "check the user, keys and ARTIFACT_PROXY_SFTP_KNOWN_HOSTS"
-        )
-    if isinstance(exc, (asyncssh.SFTPPermissionDenied, asyncssh.SFTPWriteProtect)):
-        return StorageMisconfigured("The SFTP server denied access: check the account's rights on the destination")
-    if isinstance(exc, (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded)):
-        return StorageMisconfigured("The SFTP server is out of space or over quota")
-    if isinstance(exc, asyncssh.SFTPInvalidFilename):
-        return InvalidPath()
-    if isinstance(exc, (*CONNECTION_LOST, OSError)):
-        return StorageUnavailable(f"The SFTP server is unreachable ({type(exc).__name__})")
-    return ArtifactProxyError(f"SFTP error while {what}")
 
 
 def _meta(attrs: asyncssh.SFTPAttrs) -> ObjectMeta:
@@ -145,8 +55,9 @@ def _meta(attrs: asyncssh.SFTPAttrs) -> ObjectMeta:
 
 
 class SFTPReadHandle:
-    def __init__(self, store: SFTPStore, sftp: asyncssh.SFTPClient, file: asyncssh.SFTPClientFile, meta: ObjectMeta,
-                 where: str) -> None:
+    def __init__(
+        self, store: SFTPStore, sftp: asyncssh.SFTPClient, file: asyncssh.SFTPClientFile, meta: ObjectMeta, where: str
+    ) -> None:
         self.meta = meta
         self._store, self._sftp, self._file, self._where = store, sftp, file, where
 
@@ -168,123 +79,21 @@ class SFTPReadHandle:
             await self._file.close()
 
 
-class SFTPStore:
+class SFTPStore(SFTPConnection):
     """Artifacts as files under a directory on an SFTP server."""
 
     multipart_enabled = False
     presigned_download_enabled = False
 
     def __init__(self, uri: str, settings: Settings, config: SFTPConfig | None = None) -> None:
-        self.settings, self.config = settings, config or SFTPConfig()
-        self.target = parse_sftp_uri(uri)
-        self.root = self.target.root
+        self.settings, config = settings, config or SFTPConfig()
+        super().__init__(parse_sftp_uri(uri), config, settings.storage_timeout)
         check_files(self.config)
         if self.target.password:
             logger.warning(
                 "the sftp:// destination carries a password: prefer key-based login (ssh agent, "
                 "ARTIFACT_PROXY_SFTP_IDENTITY_FILE or ~/.ssh/config); a URI ends up in logs and process listings"
             )
-        self._timeout = settings.storage_timeout
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self._sftp: asyncssh.SFTPClient | None = None
-        self._lock = asyncio.Lock()
-        self._attempts = 0  # connection attempts finished; with `_failure`, queued requests share a failed one
-        self._failure: ArtifactProxyError | None = None
-
-    # connection ----------------------------------------------------------------------------------------------------
-    def _connect_options(self) -> dict[str, Any]:
-        target, config = self.target, self.config
-        options: dict[str, Any] = {
-            "host": target.host,
-            "connect_timeout": min(self._timeout, 30.0),
-            "login_timeout": min(self._timeout, 30.0),
-            # Notices a server that vanished without closing the socket, instead of hanging requests on it.
-            "keepalive_interval": config.keepalive,
-            "keepalive_count_max": 3,
-        }
-        optional = {"port": target.port, "username": target.username, "password": target.password}
-        options.update({key: value for key, value in optional.items() if value is not None})
-        if config.known_hosts:
-            options["known_hosts"] = None if config.known_hosts.lower() == "none" else config.known_hosts
-        if config.identity_file:
-            options["client_keys"] = [str(Path(config.identity_file).expanduser())]
-        if config.ssh_config:
-            options["config"] = [str(Path(config.ssh_config).expanduser())]
-        return options
-
-    async def _client(self) -> asyncssh.SFTPClient:
-        if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
-            return self._sftp
-        attempts_seen = self._attempts
-        async with self._lock:  # one reconnect, however many requests noticed the loss
-            if self._sftp is None or self._conn is None or self._conn.is_closed():
-                if self._attempts != attempts_seen and self._failure is not None:
-                    raise self._failure  # queued behind an attempt that failed: fail now, not one timeout each
-                await self._drop(self._sftp)
-                try:
-                    self._conn, self._sftp = await self._connect()
-                except ArtifactProxyError as exc:
-                    self._failure = exc
-                    raise
-                else:
-                    self._failure = None
-                finally:
-                    self._attempts += 1
-            return self._sftp
-
-    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
-        try:
-            conn = await asyncssh.connect(**self._connect_options())
-            try:
-                sftp = await conn.start_sftp_client()
-                if self.root not in (".", "/"):
-                    await self._makedirs(sftp, self.root)
-            except BaseException:
-                conn.close()
-                raise
-        except (*FAILURES, ValueError) as exc:  # ValueError: asyncssh refusing a config file, key or option
-            raise map_error(exc, "connecting", self.target.host) from exc
-        logger.info("connected to sftp://%s, root %r", self.target.host, self.root)
-        return conn, sftp
-
-    async def _drop(self, sftp: asyncssh.SFTPClient | None) -> None:
-        """Forget the connection behind `sftp` (unless a newer one replaced it already)."""
-        if sftp is None or sftp is not self._sftp:
-            return
-        conn, self._conn, self._sftp = self._conn, None, None
-        sftp.exit()
-        if conn is not None:
-            conn.close()
-            with suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), 5)
-
-    async def run(self, what: str, where: str, op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
-                  retry: bool = True, timed: bool = True) -> T:
-        """Run `op` on the shared client; after a lost connection, retry once on a new one when `retry`."""
-        for attempt in (1, 2):
-            sftp = await self._client()
-            try:
-                async with asyncio.timeout(self._timeout if timed else None):
-                    return await op(sftp)
-            except CONNECTION_LOST as exc:
-                await self._drop(sftp)
-                if attempt == 2 or not retry:
-                    raise map_error(exc, what, where) from exc
-                logger.info("sftp connection lost while %s %r; reconnecting", what, where)
-            except FAILURES as exc:
-                raise map_error(exc, what, where) from exc
-        raise AssertionError("unreachable")
-
-    async def io(self, what: str, where: str, sftp: asyncssh.SFTPClient, step: Callable[[], Awaitable[T]]) -> T:
-        """One transfer step on a file opened through `sftp`: bounded in time, errors mapped, a lost link dropped."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await step()
-        except CONNECTION_LOST as exc:
-            await self._drop(sftp)
-            raise map_error(exc, what, where) from exc
-        except FAILURES as exc:
-            raise map_error(exc, what, where) from exc
 
     # lifecycle -----------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -336,7 +145,7 @@ class SFTPStore:
 
     # write ---------------------------------------------------------------------------------------------------------
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = WriteOptions()
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         if path.is_root:
             raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
@@ -348,8 +157,12 @@ class SFTPStore:
             if self.settings.fsync_uploads:
                 await self.io("syncing", path.canonical, sftp, partial(_fsync, file))
             await self.io("closing", path.canonical, sftp, file.close)
-            await self.run("publishing", path.canonical,
-                           lambda sftp: self._publish(sftp, temp, target, path, options.create_only), retry=False)
+            await self.run(
+                "publishing",
+                path.canonical,
+                lambda sftp: self._publish(sftp, temp, target, path, options.create_only),
+                retry=False,
+            )
         except BaseException:
             with anyio.CancelScope(shield=True):  # a client that went away must not leave a temp file behind
                 await self._discard(file, temp)
@@ -363,23 +176,6 @@ class SFTPStore:
         except MISSING:
             await self._makedirs(sftp, posixpath.dirname(temp), path)
             return sftp, await sftp.open(temp, "xb")
-
-    async def _makedirs(self, sftp: asyncssh.SFTPClient, directory: str, path: ArtifactPath | None = None) -> None:
-        """mkdir -p, from the deepest existing directory down: one request per missing level."""
-        if directory in ("", ".", "/"):
-            return
-        try:
-            await sftp.mkdir(directory)
-            return
-        except MISSING:
-            await self._makedirs(sftp, posixpath.dirname(directory), path)
-            with suppress(asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists):  # a concurrent upload made it
-                await sftp.mkdir(directory)
-        except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists):
-            pass  # it exists (or cannot be made): checked below
-        if not await sftp.isdir(directory):
-            where = path.canonical if path else directory
-            raise InvalidParameter(f"Cannot write '{where}': a parent path is a file")
 
     async def _pump(
         self, sftp: asyncssh.SFTPClient, file: asyncssh.SFTPClientFile, chunks: AsyncIterator[bytes], where: str
@@ -401,8 +197,9 @@ class SFTPStore:
                 with suppress(BaseException):
                     await pending
 
-    async def _publish(self, sftp: asyncssh.SFTPClient, temp: str, target: str, path: ArtifactPath,
-                       create_only: bool) -> None:
+    async def _publish(
+        self, sftp: asyncssh.SFTPClient, temp: str, target: str, path: ArtifactPath, create_only: bool
+    ) -> None:
         try:
             if create_only:
                 await self._create(sftp, temp, target)
@@ -500,4 +297,3 @@ async def _fsync(file: asyncssh.SFTPClientFile) -> None:
 def _listable(name: str | bytes) -> bool:
     text = str(name)
     return text not in (".", "..") and not text.startswith(TEMP_PREFIX)
-

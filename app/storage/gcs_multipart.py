@@ -1,0 +1,132 @@
+"""Presigned multipart uploads for GCSStore (`app.storage.gcs`), without the XML API.
+
+Neither gcloud-aio nor fake-gcs-server has XML-API multipart, so each part is a staging object under the reserved
+`.artifact.uploading.mpu/` segment, PUT by the client to a V4-signed URL and composed into the target at complete
+(32 sources per compose call: larger uploads are composed in groups, then the groups). The composed object carries
+its upload id, so a retried complete succeeds. Abandoned uploads leave staging objects behind: give the bucket a
+lifecycle rule on that prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from typing import Any
+
+import anyio.to_thread
+
+from app.errors import (
+    ArtifactNotFound,
+    ArtifactProxyError,
+    InvalidParameter,
+    IsADirectoryArtifact,
+    MultipartUploadUnsupported,
+    ResourceNotFound,
+)
+from app.paths import TEMP_PREFIX, ArtifactPath
+from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential
+from app.storage.gcs_client import OCTET, GCSClient, logger
+from app.storage.gcs_signing import sign_many
+
+COMPOSE_LIMIT = 32  # sources per compose call
+STAGING_DIR = f"{TEMP_PREFIX}mpu"
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+PART_NAME = re.compile(r"/part-(\d{5})$")
+MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+UPLOAD_ID_KEY = "artifact-proxy-upload-id"  # custom metadata on a composed object, so a retried complete succeeds
+
+
+class GCSMultipart(GCSClient):
+    """The MultipartUploads capability of GCSStore: parts as staging objects, composed at complete."""
+
+    def _staging(self, path: ArtifactPath, upload_id: str) -> str:
+        # Bound to the key as well as the id: completing an upload under another path finds nothing.
+        key_hash = hashlib.sha256(path.canonical.encode()).hexdigest()[:32]
+        return f"{self._dir(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/{key_hash}/"
+
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        if not self.multipart_enabled or self._key is None:
+            raise MultipartUploadUnsupported()
+        upload_id = secrets.token_hex(16)
+        staging = self._staging(path, upload_id)
+        names = [f"{staging}part-{i:05d}" for i in range(1, num_parts + 1)]
+        ttl = self.settings.multipart_url_ttl
+        # RSA signing costs about 1 ms per URL: one thread hop for the batch keeps the event loop free.
+        base = self.signed_url_base
+        urls = await anyio.to_thread.run_sync(sign_many, self._key, "PUT", self.bucket, names, ttl, base)
+        return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
+
+    async def complete_multipart_upload(
+        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
+    ) -> None:
+        if not upload_id or not UPLOAD_ID.match(upload_id):
+            raise ResourceNotFound(f"No such multipart upload for '{path.canonical}'")
+        numbers = [part.part_number for part in parts]
+        if not numbers or numbers != list(range(1, len(numbers) + 1)):
+            raise InvalidParameter("'parts' must list part numbers 1..N in order, without gaps")
+        staging = self._staging(path, upload_id)
+        staged: dict[int, dict[str, Any]] = {}
+        async for page in self._pages(staging):
+            for item in page.get("items", []):
+                if match := PART_NAME.search(item["name"]):
+                    staged[int(match.group(1))] = item
+        if not staged:
+            if await self._completed_by(path, upload_id):
+                return  # a retried complete: the first one finished
+            raise ResourceNotFound(f"No such multipart upload for '{path.canonical}'")
+        _check_parts(parts, staged)
+        await self._compose_tree(self._name(path), [staged[n]["name"] for n in numbers], staging, upload_id)
+        try:
+            await self._delete_prefix(staging)
+        except ArtifactProxyError:
+            logger.warning("completed upload %s but could not remove its staging objects", upload_id)
+
+    async def _completed_by(self, path: ArtifactPath, upload_id: str) -> bool:
+        try:
+            data = await self._stat(path)
+        except (ArtifactNotFound, IsADirectoryArtifact):
+            return False
+        return bool((data.get("metadata") or {}).get(UPLOAD_ID_KEY) == upload_id)
+
+    async def _compose_tree(self, target: str, sources: list[str], staging: str, upload_id: str) -> None:
+        level = 0
+        while len(sources) > COMPOSE_LIMIT:  # at most 32 sources per call: compose groups, then the groups
+            level += 1
+            groups = [sources[i : i + COMPOSE_LIMIT] for i in range(0, len(sources), COMPOSE_LIMIT)]
+            names = [f"{staging}compose-{level}-{j:05d}" for j in range(len(groups))]
+            await self._bounded(self._compose(n, g, {}) for n, g in zip(names, groups, strict=True))
+            sources = names
+        await self._compose(target, sources, {UPLOAD_ID_KEY: upload_id})
+
+    async def _compose(self, target: str, sources: list[str], metadata: dict[str, str]) -> None:
+        body = {
+            "sourceObjects": [{"name": source} for source in sources],
+            "destination": {"contentType": OCTET, "metadata": metadata},
+        }
+        with self._errors("composing an upload"):
+            resp = await self._send(
+                "POST",
+                f"{self._object_url(target)}/compose",
+                (200,),
+                data=json.dumps(body),
+                headers={"Content-Type": "application/json; charset=UTF-8"},
+            )
+            resp.release()
+
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+        if upload_id and UPLOAD_ID.match(upload_id):  # anything else names no upload: nothing to abort
+            await self._delete_prefix(self._staging(path, upload_id))
+
+
+def _check_parts(parts: list[CompletedPart], staged: dict[int, dict[str, Any]]) -> None:
+    missing = [part.part_number for part in parts if part.part_number not in staged]
+    if missing:
+        raise InvalidParameter(f"Multipart upload is missing parts {missing[:10]}: upload them before completing")
+    for part in parts:
+        # A part's XML-API ETag is its MD5: a mismatch means the part was replaced after the client sent it.
+        match, md5 = MD5_ETAG.match(part.etag or ""), staged[part.part_number].get("md5Hash")
+        if match and md5 and base64.b64decode(md5).hex() != match.group(1).lower():
+            raise InvalidParameter(f"Part {part.part_number} changed after it was uploaded (ETag mismatch)")
