@@ -23,6 +23,7 @@ from app.errors import (
     ArtifactProxyError,
     InvalidParameter,
     IsADirectoryArtifact,
+    PayloadTooLarge,
     ResourceNotFound,
     StorageMisconfigured,
     StorageTimeout,
@@ -30,6 +31,7 @@ from app.errors import (
 )
 from app.paths import ArtifactPath
 from app.settings import Settings
+from app.storage import s3 as s3_module
 from app.storage.base import CompletedPart, WriteOptions, supports_multipart_upload, supports_presigned_download
 from app.storage.s3 import MiB, S3Config, S3Store, map_error, multipart_etag, parse_s3_uri, part_size_for
 from tests.servers import StorageServer
@@ -178,6 +180,119 @@ async def test_large_streamed_write_uses_multipart(store: S3Store) -> None:
     assert max(len(c) for c in chunks) <= store.settings.download_chunk_size
     assert len(chunks[0]) == store.settings.download_chunk_size  # re-assembled from aiohttp's small reads
     assert await pending_uploads(store, "big.bin") == []
+
+
+class PartRecorder:
+    """Wraps the client: records each UploadPart's body and how many run at once, can delay or fail a part."""
+
+    def __init__(self, real: Any, delay: float = 0.0, fail_part: int | None = None) -> None:
+        self._real, self.delay, self.fail_part = real, delay, fail_part
+        self.bodies: list[tuple[int, int, int]] = []  # (part number, id of the body object, its length)
+        self.active = self.max_active = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def upload_part(self, **kwargs: Any) -> Any:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            self.bodies.append((kwargs["PartNumber"], id(kwargs["Body"]), len(kwargs["Body"])))
+            await asyncio.sleep(self.delay)
+            if kwargs["PartNumber"] == self.fail_part:
+                error = {"Code": "InternalError", "Message": "injected"}
+                raise bce.ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 500}}, "UploadPart")
+            return await self._real.upload_part(**kwargs)
+        finally:
+            self.active -= 1
+
+
+@pytest.mark.parametrize("chunk", [777_777, 12 * MiB])  # chunks straddling part boundaries; chunks over a part
+async def test_parts_in_flight_and_buffers_are_bounded(
+    seaweed: StorageServer, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    async with open_store(seaweed, monkeypatch, part_size=5 * MiB, upload_concurrency=3) as s3:
+        data = blob(7 * 5 * MiB + 4321, seed=11)
+        recorder = PartRecorder(s3._client, delay=0.05)
+        s3._client = recorder
+        try:
+            await s3.write(p("bounded.bin"), stream(data, chunk), None)
+        finally:
+            s3._client = recorder._real
+        assert await read_all(s3, "bounded.bin") == data
+        assert (await s3.open_read(p("bounded.bin"))).meta.etag.endswith('-8"')  # type: ignore[union-attr]
+        assert sorted(number for number, _, _ in recorder.bodies) == list(range(1, 9))
+        assert [size for _, _, size in sorted(recorder.bodies)] == [5 * MiB] * 7 + [4321]
+        assert recorder.max_active == 3  # parts do overlap, and never more than the setting
+        full_part_buffers = {body for number, body, _ in recorder.bodies if number <= 7}
+        assert len(full_part_buffers) <= 3 + 1  # reused: the ones in flight and the one being filled
+        assert await pending_uploads(s3, "bounded.bin") == []
+
+
+async def test_failed_part_stops_reading_and_aborts(seaweed: StorageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_store(seaweed, monkeypatch, part_size=5 * MiB, upload_concurrency=2, max_attempts=1) as s3:
+        await s3.write(p("model.bin"), stream(b"version 1"), None)
+        read = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal read
+            async for chunk in stream(blob(30 * 5 * MiB, seed=12), MiB):
+                read += len(chunk)
+                yield chunk
+
+        recorder = PartRecorder(s3._client, fail_part=2)
+        s3._client = recorder
+        try:
+            with pytest.raises(StorageUnavailable):
+                await s3.write(p("model.bin"), counted(), None)
+        finally:
+            s3._client = recorder._real
+        assert read <= 6 * 5 * MiB  # noticed at the next part boundaries, not after the whole stream
+        assert await read_all(s3, "model.bin") == b"version 1"
+        assert await pending_uploads(s3, "model.bin") == []
+
+
+async def test_too_many_parts_is_refused_and_aborted(store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 2)
+    with pytest.raises(PayloadTooLarge):
+        await store.write(p("many-parts.bin"), stream(blob(2 * 8 * MiB + 1, seed=13)), None)
+    assert await pending_uploads(store, "many-parts.bin") == []
+    with pytest.raises(ArtifactNotFound):
+        await store.open_read(p("many-parts.bin"))
+
+
+async def test_upload_part_requests_over_http(store: S3Store) -> None:
+    # Over plain HTTP the payload SHA-256 is signed (S3 checks it), so no CRC32 is computed on top; parts go with
+    # `Expect: 100-continue`, which lets aiohttp send a part without first joining it to the headers (a copy).
+    sent: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
+
+    store.client.meta.events.register("before-send.s3.UploadPart", capture)
+    try:
+        await store.write(p("headers.bin"), stream(blob(9 * MiB, seed=14)), None)
+    finally:
+        store.client.meta.events.unregister("before-send.s3.UploadPart", capture)
+    assert len(sent) == 2
+    for headers in sent:
+        assert headers["expect"] == "100-continue"
+        assert len(headers["x-amz-content-sha256"]) == 64  # the signed payload hash, not UNSIGNED-PAYLOAD
+        assert not any(name.startswith("x-amz-checksum-") for name in headers)
+
+
+def test_checksums_follow_the_endpoint_scheme() -> None:
+    assert s3_module._checksum_calculation("http://127.0.0.1:8333") == "when_required"
+    assert s3_module._checksum_calculation("https://s3.example.com") == "when_supported"
+    assert s3_module._checksum_calculation(None) == "when_supported"  # AWS itself, over HTTPS
+
+
+def test_part_buffer_slices_are_views() -> None:
+    buffer = s3_module._PartBuffer(b"abcdef")
+    view = buffer[:4]
+    assert isinstance(view, memoryview) and bytes(view) == b"abcd"
+    buffer[0:1] = b"z"
+    assert bytes(view) == b"zbcd" and buffer[1] == ord("b") and len(buffer) == 6
 
 
 async def test_range_reads(store: S3Store) -> None:

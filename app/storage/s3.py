@@ -48,7 +48,6 @@ from app.storage.base import (
     PresignedUrl,
     WriteOptions,
 )
-from app.storage.chunks import first_block, rechunk
 
 logger = logging.getLogger("artifact_proxy.storage.s3")
 
@@ -105,6 +104,8 @@ class S3Config(BaseSettings):
     )
     max_pool_connections: int = Field(64, ge=1, validation_alias="ARTIFACT_PROXY_S3_MAX_POOL_CONNECTIONS")
     part_size: int = Field(8 * MiB, ge=5 * MiB, le=5 * 1024 * MiB, validation_alias="ARTIFACT_PROXY_S3_PART_SIZE")
+    # Parts of one streamed upload sent at once; it buffers at most this many parts plus the one being received.
+    upload_concurrency: int = Field(4, ge=1, le=64, validation_alias="ARTIFACT_PROXY_S3_UPLOAD_CONCURRENCY")
     list_page_size: int = Field(1000, ge=1, le=1000, validation_alias="ARTIFACT_PROXY_S3_LIST_PAGE_SIZE")
 
 
@@ -209,6 +210,24 @@ class S3ReadHandle:
         return None  # each iter_range closes its own body
 
 
+def _checksum_calculation(endpoint: str | None) -> str:
+    """Over plain HTTP, SigV4 always signs each request's payload SHA-256, which S3 verifies: a CRC32 header on every
+    part as well would only spend CPU on the serving process. Over HTTPS the checksum is what lets botocore skip
+    the payload hash (UNSIGNED-PAYLOAD), so keep it there."""
+    if endpoint and urlsplit(endpoint).scheme.lower() == "http":
+        return "when_required"
+    return "when_supported"
+
+
+def _expect_continue(params: dict[str, Any], **_: Any) -> None:
+    """Send UploadPart with `Expect: 100-continue`, as botocore already does for file-like bodies but not for the
+    bytearray parts of `_upload_parts`: aiohttp then sends the headers on their own and the part in one zero-copy
+    write. Without it aiohttp (on Python < 3.12.9, where it avoids `writelines`) joins the headers and the whole part
+    into a new bytes object: a copy of every part, in memory until sent. S3 also refuses a bad request before the
+    part is sent."""
+    params["headers"]["Expect"] = "100-continue"
+
+
 async def _read_up_to(body: Any, size: int) -> bytes:
     """Read `size` bytes (fewer only at the end): aiohttp hands out whatever it has buffered, often 64-256 KiB."""
     buffer = bytearray()
@@ -220,9 +239,36 @@ async def _read_up_to(body: Any, size: int) -> bytes:
     return bytes(buffer)
 
 
-async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield head
-    del head  # let the first block go once rechunk has copied it
+class _PartBuffer(bytearray):
+    """A part's bytes, reused from part to part, whose slices are views: aiohttp sends a body of known length as
+    `body[:content_length]`, which would copy a plain bytearray. (A bytes body is not copied there, but botocore
+    wraps bytes in a BytesIO, which aiohttp then copies out 64 KiB at a time.)"""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return memoryview(self)[index]
+        return super().__getitem__(index)
+
+
+async def _first_part(chunks: AsyncIterator[bytes], part_size: int) -> tuple[list[bytes], bool]:
+    """The chunks of the first `part_size` bytes (more at most by the last chunk), and whether the stream ended
+    before that: a single PutObject then, a multipart upload otherwise. The chunks are kept, not copied."""
+    head: list[bytes] = []
+    received = 0
+    async for chunk in chunks:
+        if chunk:
+            head.append(chunk)
+            received += len(chunk)
+            if received >= part_size:
+                return head, False
+    return head, True
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    while head:
+        yield head.pop(0)  # each chunk goes once copied into a part buffer
     async for chunk in rest:
         yield chunk
 
@@ -245,6 +291,7 @@ class S3Store:
         async with contextlib.AsyncExitStack() as stack:
             session = get_session()
             self._client = await stack.enter_async_context(session.create_client(**self._client_args(False)))
+            self._client.meta.events.register("before-call.s3.UploadPart", _expect_continue)
             self._signer = self._client
             if self.config.public_endpoint_url:
                 self._signer = await stack.enter_async_context(session.create_client(**self._client_args(True)))
@@ -264,6 +311,7 @@ class S3Store:
             read_timeout=self.settings.storage_timeout,
             retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},  # initial try included
             max_pool_connections=cfg.max_pool_connections,
+            request_checksum_calculation=_checksum_calculation(endpoint),
         )
         verify: bool | str | None = False if cfg.ignore_tls else cfg.ca_bundle
         return dict(service_name="s3", endpoint_url=endpoint, region_name=cfg.region, verify=verify, config=config)
@@ -354,27 +402,27 @@ class S3Store:
         self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         part_size = part_size_for(size, self.config.part_size)
-        head, ended = await first_block(chunks, part_size)
+        head, ended = await _first_part(chunks, part_size)
         condition = {"IfNoneMatch": "*"} if options.create_only else {}  # atomic create-only, settled by S3
         if ended:
             args = {**self.config.upload_extra_args, **condition}
             if digest := options.digest():
                 args["Metadata"] = {**args.get("Metadata", {}), DIGEST_TAG: digest}
+            body = b"".join(head)  # no copy when the body came as one chunk
+            del head
             with self.errors("PutObject", path):
-                await self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=head, **args)
+                await self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=body, **args)
             return
-        blocks = rechunk(_prepend(head, chunks), part_size)
-        del head  # only the generator keeps the first block now, and drops it once consumed
-        etag = await self._write_multipart(path, blocks, condition)
+        etag = await self._write_multipart(path, _chain(head, chunks), part_size, condition)
         if digest := options.digest():
             await self._tag_digest(path, digest, etag)
 
     async def _write_multipart(
-        self, path: ArtifactPath, blocks: AsyncIterator[bytes], condition: dict[str, str]
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], part_size: int, condition: dict[str, str]
     ) -> str:
         upload_id = await self._create_upload(path)
         try:
-            parts = await self._upload_parts(path, upload_id, blocks)
+            parts = await self._upload_parts(path, upload_id, chunks, part_size)
             # botocore raises on CompleteMultipartUpload's "200 with an error in the body", so success is real.
             with self.errors("CompleteMultipartUpload", path):
                 done = await self.client.complete_multipart_upload(
@@ -406,29 +454,67 @@ class S3Store:
             )
         return str(created["UploadId"])
 
-    async def _upload_parts(self, path: ArtifactPath, upload_id: str, blocks: AsyncIterator[bytes]) -> list[Any]:
-        """Upload each block as a part, overlapping one part's upload with reading the next (two parts in memory)."""
-        done: list[dict[str, Any]] = []
-        pending: asyncio.Task[dict[str, Any]] | None = None
-        try:
-            async for block in blocks:
-                if pending is not None:
-                    done.append(await pending)
-                    pending = None
-                if len(done) >= MAX_PARTS:
-                    raise PayloadTooLarge(f"Upload exceeds {MAX_PARTS} parts; send Content-Length or a smaller file")
-                pending = asyncio.ensure_future(self._upload_part(path, upload_id, len(done) + 1, block))
-            if pending is not None:
-                done.append(await pending)
-                pending = None
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.gather(pending, return_exceptions=True)
-        return done
+    async def _upload_parts(
+        self, path: ArtifactPath, upload_id: str, chunks: AsyncIterator[bytes], part_size: int
+    ) -> list[dict[str, Any]]:
+        """Copy the stream into part buffers and upload each full one, up to `upload_concurrency` at once.
 
-    async def _upload_part(self, path: ArtifactPath, upload_id: str, number: int, block: bytes) -> dict[str, Any]:
+        Memory stays at `upload_concurrency + 1` part buffers, allocated once per upload and reused: a buffer goes
+        back to the pool when S3 has answered for its part (every byte of it sent), so there is no per-part
+        allocation and no copy besides the one into the buffer. Receiving waits while all uploads are busy, which
+        is the backpressure on the client. A failed part fails the write when the next part is due, at the latest.
+        """
+        limit = self.config.upload_concurrency
+        running: dict[asyncio.Future[dict[str, Any]], _PartBuffer] = {}
+        free: list[_PartBuffer] = []
+        parts: list[dict[str, Any]] = []
+
+        def collect() -> None:
+            for task in [task for task in running if task.done()]:
+                free.append(running.pop(task))
+                parts.append(task.result())  # raises the part's failure
+
+        async def send(buffer: _PartBuffer) -> None:
+            collect()
+            while len(running) >= limit:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                collect()
+            number = len(parts) + len(running) + 1
+            if number > MAX_PARTS:
+                raise PayloadTooLarge(f"Upload exceeds {MAX_PARTS} parts; send Content-Length or a smaller file")
+            running[asyncio.ensure_future(self._upload_part(path, upload_id, number, buffer))] = buffer
+
+        try:
+            buffer, filled = _PartBuffer(), 0
+            async for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    if not buffer:
+                        buffer, filled = (free.pop() if free else _PartBuffer(part_size)), 0
+                    n = min(len(view), part_size - filled)
+                    buffer[filled : filled + n] = view[:n]
+                    filled, view = filled + n, view[n:]
+                    if filled == part_size:
+                        await send(buffer)
+                        buffer = _PartBuffer()
+                del view, chunk
+            if buffer and filled:
+                last = _PartBuffer(buffer[:filled])  # the short last part, sized exactly: its one extra copy
+                await send(last)
+            del buffer, free[:]
+            while running:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                collect()
+        finally:
+            if running:
+                for task in running:
+                    task.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(*running, return_exceptions=True)
+        parts.sort(key=lambda part: part["PartNumber"])
+        return parts
+
+    async def _upload_part(self, path: ArtifactPath, upload_id: str, number: int, block: bytearray) -> dict[str, Any]:
         extra = {k: v for k, v in self.config.upload_extra_args.items() if k in _PART_ARGS}
         with self.errors("UploadPart", path):
             response = await self.client.upload_part(
