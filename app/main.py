@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.convertors import Convertor, register_url_convertor
@@ -50,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Filesystem work runs in this many threads per worker. Each holds the GIL between syscalls, so more
+        # threads than the disk can use only make the event loop wait for the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.io_threads
         store = open_store(settings.artifacts_destination, settings)
         await store.start()
         app.state.store = store

@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import secrets
 import shutil
 import stat
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -77,6 +77,25 @@ class LocalReadHandle:
             os.close(fd)
 
 
+# Where the kernel can name an open file's real path, one open(O_PATH) + readlink replaces realpath's lstat of
+# every component in Python: the hot paths resolve each request's path, so this is most of their filesystem cost.
+_PROC_FD = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+
+
+def real_path(full: str) -> str:
+    """`os.path.realpath` for an existing path, faster; a missing path falls back to realpath itself."""
+    if not _PROC_FD:
+        return os.path.realpath(full)
+    try:
+        fd = os.open(full, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return os.path.realpath(full)
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
 def _meta_from_stat(st: os.stat_result, sha256: str | None = None) -> ObjectMeta:
     etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
     return ObjectMeta(size=st.st_size, etag=etag, last_modified=st.st_mtime, sha256=sha256)
@@ -115,7 +134,9 @@ class LocalStore(LocalPresigning):
     # path resolution -----------------------------------------------------------------------------------------------
     def _resolve(self, path: ArtifactPath) -> str:
         """The real path for `path`, refusing anything (symlinks included) that resolves outside the root."""
-        target = os.path.realpath(os.path.join(self._real_root, path.canonical))
+        return self._contained(real_path(os.path.join(self._real_root, path.canonical)))
+
+    def _contained(self, target: str) -> str:
         if target != self._real_root and not target.startswith(self._real_root + os.sep):
             raise PathOutsideRoot()
         return target
@@ -191,8 +212,27 @@ class LocalStore(LocalPresigning):
             await anyio.to_thread.run_sync(_write_at_end, fd, b"".join(parts), offset, start_writeback)
 
     def _prepare_target(self, path: ArtifactPath) -> tuple[str, str]:
+        """The (real) parent directory and target file for a write, creating parents inside the root as needed."""
         parent_path = ArtifactPath(path.canonical.rpartition("/")[0])
         parent = self._resolve(parent_path)
+        if not os.path.isdir(parent):
+            self._make_parents(path, parent)
+            parent = self._resolve(parent_path)  # re-check: a concurrent symlink swap must not redirect the write
+        target = os.path.join(parent, path.basename)
+        try:
+            mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            return parent, target
+        if stat.S_ISLNK(mode):
+            # Replacing the link itself would be allowed by os.replace, but reads through it are refused when it
+            # leaves the root, so writes are too.
+            mode = os.stat(self._resolve(path)).st_mode
+        if stat.S_ISDIR(mode):
+            raise InvalidParameter(f"Cannot write '{path.canonical}': it is a directory")
+        return parent, target
+
+    @staticmethod
+    def _make_parents(path: ArtifactPath, parent: str) -> None:
         try:
             os.makedirs(parent, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
@@ -201,19 +241,10 @@ class LocalStore(LocalPresigning):
             if exc.errno == errno.ENAMETOOLONG:
                 raise InvalidPath() from exc
             raise
-        parent = self._resolve(parent_path)  # re-check: a concurrent symlink swap must not redirect the write
-        target = os.path.join(parent, path.basename)
-        if os.path.realpath(target) != target and os.path.lexists(target):
-            # The target itself is a symlink: replacing it would be allowed by os.replace, but reads through it
-            # were refused, so writes are too.
-            self._resolve(path)
-        if os.path.isdir(target):
-            raise InvalidParameter(f"Cannot write '{path.canonical}': it is a directory")
-        return parent, target
 
     def _open_temp(self, path: ArtifactPath) -> tuple[int, str, str]:
         parent, target = self._prepare_target(path)
-        temp = os.path.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        temp = os.path.join(parent, f"{TEMP_PREFIX}{secrets.token_hex(16)}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         return fd, temp, target
 
