@@ -107,12 +107,14 @@ class RequestObserver:
                 },
             )
         if self.access_log:
+            query = scope.get("query_string", b"")
+            target = f"{scope['path']}?{query.decode('latin-1')}" if query else scope["path"]
             access_logger.info(
                 '%s:%s - "%s %s HTTP/%s" %d',
                 client[0],
                 client[1],
                 method,
-                scope["path"],
+                target,
                 scope.get("http_version", "1.1"),
                 status,
                 extra={
