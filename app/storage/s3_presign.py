@@ -1,0 +1,86 @@
+"""Presigned URLs for S3Store (`app.storage.s3`): multipart uploads whose parts clients PUT straight to S3 with
+presigned UploadPart URLs, and presigned downloads. URLs are signed by `_signer`, the client for the public endpoint
+when one is set (see `s3_client`): SigV4 signs the Host, so a URL signed for an internal endpoint fails outside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from app.downloads import content_disposition
+from app.errors import ArtifactNotFound, InvalidParameter, IsADirectoryArtifact, ResourceNotFound
+from app.paths import ArtifactPath
+from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
+from app.storage.s3_client import S3Client
+
+
+def multipart_etag(etags: Sequence[str]) -> str | None:
+    """The ETag S3 gives an object completed from these parts: md5 of the parts' binary md5s, then `-<count>`."""
+    try:
+        digests = b"".join(bytes.fromhex(etag.strip('"')) for etag in etags)
+    except ValueError:
+        return None
+    return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(etags)}"'
+
+
+class S3Presign(S3Client):
+    """The MultipartUploads and PresignedDownloads capabilities of S3Store (abort is shared, in S3Client)."""
+
+    # presigned multipart -------------------------------------------------------------------------------------------
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        upload_id = await self._create_upload(path)
+        try:
+            urls = [await self._presign_part(path, upload_id, number) for number in range(1, num_parts + 1)]
+        except BaseException:
+            await self._abort_quietly(path, upload_id)
+            raise
+        return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
+
+    async def _presign_part(self, path: ArtifactPath, upload_id: str, number: int) -> str:
+        params = {"Bucket": self.bucket, "Key": self._key(path), "UploadId": upload_id, "PartNumber": number}
+        with self.errors("presign UploadPart", path):
+            url = await self._signer.generate_presigned_url(
+                "upload_part", Params=params, ExpiresIn=self.settings.multipart_url_ttl
+            )
+        return str(url)
+
+    async def complete_multipart_upload(
+        self, path: ArtifactPath, upload_id: str | None, parts: Sequence[CompletedPart]
+    ) -> None:
+        if not upload_id:
+            raise InvalidParameter("Missing value for required parameter 'upload_id'")
+        if not parts:
+            raise InvalidParameter("Missing value for required parameter 'parts'")
+        ordered = sorted(parts, key=lambda part: part.part_number)
+        listed = [{"PartNumber": part.part_number, "ETag": part.etag} for part in ordered]  # ETags verbatim
+        try:
+            with self.errors("CompleteMultipartUpload", path):
+                await self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self._key(path), UploadId=upload_id, MultipartUpload={"Parts": listed}
+                )
+        except ResourceNotFound:
+            # A retried complete whose first attempt succeeded: the object is there, built from exactly these
+            # parts. Matching the ETag (not mere existence) keeps an upload id bound to its own key.
+            if await self._completed_from(path, [p.etag for p in ordered]):
+                return
+            raise
+
+    async def _completed_from(self, path: ArtifactPath, etags: Sequence[str]) -> bool:
+        try:
+            meta = await self._head(path)
+        except (ArtifactNotFound, IsADirectoryArtifact):
+            return False
+        expected = multipart_etag(etags)
+        return expected is not None and meta.etag == expected
+
+    # presigned download --------------------------------------------------------------------------------------------
+    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+        meta = await self._head(path)
+        disposition = content_disposition(path.basename)
+        params = {"Bucket": self.bucket, "Key": self._key(path), "ResponseContentDisposition": disposition}
+        with self.errors("presign GetObject", path):
+            url = await self._signer.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=self.settings.presigned_download_ttl
+            )
+        return PresignedUrl(str(url), {}, meta.size)
