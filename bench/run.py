@@ -558,6 +558,9 @@ class Bench:
             return None
 
     def _small(self, key: str, server: Server, files: Path, nginx_layout: bool, ops: tuple[str, ...]) -> None:
+        # The GiB transfers before this leave gigabytes of dirty pages; every server starts its small requests on
+        # a disk that has finished writing them, or the first one measured pays for the writeback.
+        os.sync()
         listdir = files / "bench/small"
         listdir.mkdir(parents=True, exist_ok=True)
         for i in range(10):
