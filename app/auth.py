@@ -105,7 +105,7 @@ class AuthConfig:
         tokens = {
             str(token).removeprefix("sha256:").lower(): name
             for name, entry in users.items()
-            for token in entry.get("tokens", [])  # type: ignore[union-attr]
+            for token in _strings(entry.get("tokens"))
         }
         rules = [
             Rule(
@@ -124,7 +124,12 @@ class AuthConfig:
         )
 
     def groups_of(self, user: str) -> frozenset[str]:
-        return frozenset(str(g) for g in self.users.get(user, {}).get("groups", ()))  # type: ignore[union-attr]
+        return frozenset(_strings(self.users.get(user, {}).get("groups")))
+
+
+def _strings(value: object) -> list[str]:
+    """A TOML list of strings (or nothing) as a Python list; anything else is a config mistake, ignored."""
+    return [str(item) for item in value] if isinstance(value, list) else []
 
 
 def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS) -> str:

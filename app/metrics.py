@@ -133,7 +133,7 @@ class RequestObserver:
 def registry() -> CollectorRegistry | None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined)
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
         return combined
     return None
 

@@ -105,7 +105,7 @@ class GCSClient:
         self._session = aiohttp.ClientSession(timeout=self._data_timeout)
         # api_root is always explicit: gcloud-aio would otherwise read STORAGE_EMULATOR_HOST at import time.
         self._storage = Storage(
-            session=self._session,
+            session=self._session,  # type: ignore[arg-type]  # gcloud-aio types its own Session wrapper
             api_root=self.api_root,
             api_is_dev=self.emulated,
             service_file=self.config.credentials_file,

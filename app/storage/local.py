@@ -7,6 +7,7 @@ containment check, open/stat/scandir. Uploads write `.artifact.uploading.<random
 
 from __future__ import annotations
 
+import builtins
 import errno
 import logging
 import os
@@ -33,7 +34,15 @@ from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
 from app.signing import UrlSigner
 from app.storage import writeback
-from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, WriteOptions
+from app.storage.base import (
+    DEFAULT_WRITE,
+    CompletedPart,
+    CreatedMultipartUpload,
+    FileInfo,
+    ObjectMeta,
+    PresignedUrl,
+    WriteOptions,
+)
 from app.storage.local_multipart import LocalPresigning, sweep_expired_staging
 
 logger = logging.getLogger("artifact_proxy.storage.local")
@@ -101,7 +110,7 @@ def _meta_from_stat(st: os.stat_result, sha256: str | None = None) -> ObjectMeta
     return ObjectMeta(size=st.st_size, etag=etag, last_modified=st.st_mtime, sha256=sha256)
 
 
-class LocalStore(LocalPresigning):
+class LocalStore:
     """Artifacts as files under a root directory."""
 
     def __init__(self, uri: str, settings: Settings) -> None:
@@ -112,6 +121,7 @@ class LocalStore(LocalPresigning):
         self.signer = UrlSigner(settings.signing_secret) if settings.signing_secret else None
         self.multipart_enabled = self.signer is not None and settings.enable_multipart
         self.presigned_download_enabled = self.signer is not None and settings.enable_presigned_download
+        self._presigning = LocalPresigning(self)
 
     # lifecycle -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -271,13 +281,31 @@ class LocalStore(LocalPresigning):
         fd, temp, target = self._open_temp(path)
         self._commit(fd, temp, target, data, options)
 
+    # presigning (app/storage/local_multipart.py) -------------------------------------------------------------------
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        return await self._presigning.create_multipart_upload(path, num_parts)
+
+    async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
+        return await self._presigning.write_part(upload_id, part_number, chunks)
+
+    async def complete_multipart_upload(
+        self, path: ArtifactPath, upload_id: str | None, parts: builtins.list[CompletedPart]
+    ) -> None:
+        await self._presigning.complete_multipart_upload(path, upload_id, parts)
+
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+        await self._presigning.abort_multipart_upload(path, upload_id)
+
+    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+        return await self._presigning.presign_download(path)
+
     # list ---------------------------------------------------------------------------------------------------------
     async def list(self, path: ArtifactPath) -> list[FileInfo]:
         return await anyio.to_thread.run_sync(self._list, path)
 
-    def _list(self, path: ArtifactPath) -> list[FileInfo]:
+    def _list(self, path: ArtifactPath) -> builtins.list[FileInfo]:
         target = self._resolve(path)
-        infos: list[FileInfo] = []
+        infos: builtins.list[FileInfo] = []
         try:
             with os.scandir(target) as entries:
                 for entry in entries:

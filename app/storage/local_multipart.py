@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from app.errors import InvalidParameter, ResourceNotFound
 from app.paths import TEMP_PREFIX, ArtifactPath
-from app.signing import UrlSigner, current_base_url
+from app.signing import current_base_url
 from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
 
 if TYPE_CHECKING:
@@ -38,54 +38,55 @@ def part_etag(st: os.stat_result) -> str:
 
 
 class LocalPresigning:
-    """Mixed into LocalStore: the MultipartUploads and PresignedDownloads capabilities."""
+    """The MultipartUploads and PresignedDownloads capabilities of a LocalStore, which delegates to this."""
 
-    signer: UrlSigner | None
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
 
-    def _staging(self: LocalStore, upload_id: str | None) -> str:
+    def _staging(self, upload_id: str | None) -> str:
         if not upload_id or not _UPLOAD_ID.match(upload_id):
             raise ResourceNotFound(f"No such multipart upload: {upload_id!r}")
-        return os.path.join(self._real_root, STAGING_DIR, upload_id)
+        return os.path.join(self.store._real_root, STAGING_DIR, upload_id)
 
-    def _api_base(self: LocalStore) -> str:
-        return f"{current_base_url.get()}{self.settings.api_prefixes[0]}"
+    def _api_base(self) -> str:
+        return f"{current_base_url.get()}{self.store.settings.api_prefixes[0]}"
 
     # create -------------------------------------------------------------------------------------------------------
-    async def create_multipart_upload(self: LocalStore, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
-        assert self.signer is not None
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        assert self.store.signer is not None
         upload_id = uuid.uuid4().hex
         await anyio.to_thread.run_sync(self._create_staging, path, upload_id)
-        base, ttl = self._api_base(), self.settings.multipart_url_ttl
+        base, ttl = self._api_base(), self.store.settings.multipart_url_ttl
         credentials = [
             PartCredential(
-                url=f"{base}/{PART_ROUTE}/{upload_id}/{n}?{self.signer.query('part', (upload_id, str(n)), ttl)}",
+                url=f"{base}/{PART_ROUTE}/{upload_id}/{n}?{self.store.signer.query('part', (upload_id, str(n)), ttl)}",
                 part_number=n,
             )
             for n in range(1, num_parts + 1)
         ]
         return CreatedMultipartUpload(upload_id=upload_id, credentials=credentials)
 
-    def _create_staging(self: LocalStore, path: ArtifactPath, upload_id: str) -> None:
-        self._prepare_target(path)  # fail now (400) on a directory, a file parent or a link out of the root
+    def _create_staging(self, path: ArtifactPath, upload_id: str) -> None:
+        self.store._prepare_target(path)  # fail now (400) on a directory, a file parent or a link out of the root
         staging = self._staging(upload_id)
         os.makedirs(staging)
         with open(os.path.join(staging, "target"), "w", encoding="utf-8") as handle:
             handle.write(path.canonical)
 
     # parts --------------------------------------------------------------------------------------------------------
-    async def write_part(self: LocalStore, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
+    async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
         staging = self._staging(upload_id)
         final = os.path.join(staging, f"part-{part_number:05d}")
         fd, temp = await anyio.to_thread.run_sync(self._open_part, staging)
         try:
-            await self._stream_to_fd(fd, chunks)
+            await self.store._stream_to_fd(fd, chunks)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close_and_unlink, fd, temp)
             raise
         return await anyio.to_thread.run_sync(_finish_part, fd, temp, final)
 
-    def _open_part(self: LocalStore, staging: str) -> tuple[int, str]:
+    def _open_part(self, staging: str) -> tuple[int, str]:
         if not os.path.isdir(staging):
             raise ResourceNotFound("No such multipart upload (completed, aborted or expired)")
         temp = os.path.join(staging, f"{uuid.uuid4().hex}.tmp")
@@ -93,34 +94,34 @@ class LocalPresigning:
 
     # complete / abort ---------------------------------------------------------------------------------------------
     async def complete_multipart_upload(
-        self: LocalStore, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
+        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
     ) -> None:
         await anyio.to_thread.run_sync(self._assemble, path, upload_id, parts)
 
-    def _assemble(self: LocalStore, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]) -> None:
-        self._resolve(path)  # containment first, so a link out of the root is a 400 whatever the upload id
+    def _assemble(self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]) -> None:
+        self.store._resolve(path)  # containment first, so a link out of the root is a 400 whatever the upload id
         staging = self._staging(upload_id)
         if not os.path.isdir(staging):
-            if os.path.isfile(self._resolve(path)):
+            if os.path.isfile(self.store._resolve(path)):
                 return  # a retried complete whose first attempt succeeded
             raise ResourceNotFound("No such multipart upload (completed, aborted or expired)")
         _check_bound(staging, path)
         sources = _checked_parts(staging, parts)
-        fd, temp, target = self._open_temp(path)
+        fd, temp, target = self.store._open_temp(path)
         try:
             for source in sources:
                 _append_file(fd, source)
         except BaseException:
             _close_and_unlink(fd, temp)
             raise
-        self._commit(fd, temp, target, b"")
+        self.store._commit(fd, temp, target, b"")
         shutil.rmtree(staging, ignore_errors=True)
 
-    async def abort_multipart_upload(self: LocalStore, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
         await anyio.to_thread.run_sync(self._abort, path, upload_id)
 
-    def _abort(self: LocalStore, path: ArtifactPath, upload_id: str | None) -> None:
-        self._resolve(path)
+    def _abort(self, path: ArtifactPath, upload_id: str | None) -> None:
+        self.store._resolve(path)
         staging = self._staging(upload_id)
         if not os.path.isdir(staging):
             return  # idempotent: already completed, aborted or expired
@@ -128,11 +129,11 @@ class LocalPresigning:
         shutil.rmtree(staging, ignore_errors=True)
 
     # presigned download -------------------------------------------------------------------------------------------
-    async def presign_download(self: LocalStore, path: ArtifactPath) -> PresignedUrl:
-        assert self.signer is not None
-        handle = await self.open_read(path)
+    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+        assert self.store.signer is not None
+        handle = await self.store.open_read(path)
         await handle.aclose()
-        query = self.signer.query("download", (path.canonical,), self.settings.presigned_download_ttl)
+        query = self.store.signer.query("download", (path.canonical,), self.store.settings.presigned_download_ttl)
         url = f"{self._api_base()}/{DOWNLOAD_ROUTE}/{quote(path.canonical)}?{query}"
         return PresignedUrl(url=url, headers={}, file_size=handle.meta.size)
 
