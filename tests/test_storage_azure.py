@@ -35,6 +35,8 @@ from app.storage.azure import AzureBlobStore, AzureConfig, map_error
 from app.storage.base import CompletedPart, supports_multipart_upload, supports_presigned_download
 from tests.servers import StorageServer, stop_process
 from tests.servers.azure import ACCOUNT, CONTAINER, azurite_server, connection_string, restart_azurite
+from tests.utils.streams import read_all as read
+from tests.utils.streams import stream
 
 BLOCK = 64 * 1024  # the smallest block size the config allows: multi-block uploads stay small and fast
 CONN_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -73,20 +75,6 @@ def blobs(azurite: StorageServer) -> Iterator[ContainerClient]:
 
 def p(raw: str) -> ArtifactPath:
     return canonical_path(raw)
-
-
-async def stream(data: bytes, chunk: int = 10_000) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), chunk):
-        yield data[start : start + chunk]
-
-
-async def read(store: AzureBlobStore, path: str, start: int = 0, end: int | None = None) -> bytes:
-    handle = await store.open_read(p(path))
-    try:
-        parts = [c async for c in handle.iter_range(start, handle.meta.size if end is None else end)]
-    finally:
-        await handle.aclose()
-    return b"".join(parts)
 
 
 # proxied reads and writes ----------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from app.storage.base import WriteOptions, supports_multipart_upload, supports_p
 from app.storage.ftp import FTPConfig, FTPStore, parse_ftp_uri
 from tests.servers import StorageServer, stop_process
 from tests.servers.ftp import PASSWORD, USER, ftp_server, start_ftp
+from tests.utils.streams import read_all, stream
 
 CHUNK = 64 * 1024
 
@@ -69,27 +70,6 @@ async def store(server: StorageServer) -> AsyncIterator[FTPStore]:
 
 def p(raw: str) -> ArtifactPath:
     return canonical_path(raw)
-
-
-async def stream(
-    data: bytes, chunk: int = 10_000, fail_after: int | None = None, hang: asyncio.Event | None = None
-) -> AsyncIterator[bytes]:
-    """The body of an upload; after `fail_after` bytes it fails, or with `hang` it sets the event and stalls."""
-    for start in range(0, len(data), chunk):
-        if fail_after is not None and start >= fail_after:
-            if hang is None:
-                raise ClientDisconnect()  # what the request body raises when the client goes away
-            hang.set()
-            await asyncio.Event().wait()
-        yield data[start : start + chunk]
-
-
-async def read_all(store: FTPStore, raw: str, start: int = 0, end: int | None = None) -> bytes:
-    handle = await store.open_read(p(raw))
-    try:
-        return b"".join([c async for c in handle.iter_range(start, handle.meta.size if end is None else end)])
-    finally:
-        await handle.aclose()
 
 
 def test_uri_parsing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ from app.storage.gcs import GCSConfig, GCSStore
 from app.storage.gcs_signing import find_signing_key, signed_url
 from tests.servers import StorageServer, stop_process
 from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
+from tests.utils.streams import read_all, stream
 
 BLOCK = 256 * 1024
 
@@ -69,23 +70,10 @@ def p(value: str) -> ArtifactPath:
     return ArtifactPath(value)
 
 
-async def stream(data: bytes, piece: int = 100_000) -> AsyncIterator[bytes]:
-    for i in range(0, len(data), piece):
-        yield data[i : i + piece]
-
-
 async def failing_stream(data: bytes) -> AsyncIterator[bytes]:
     async for chunk in stream(data):
         yield chunk
     raise ConnectionResetError("client went away")
-
-
-async def read_all(store: GCSStore, path: str, start: int = 0, end: int | None = None) -> bytes:
-    handle = await store.open_read(p(path))
-    try:
-        return b"".join([c async for c in handle.iter_range(start, handle.meta.size if end is None else end)])
-    finally:
-        await handle.aclose()
 
 
 async def raw_names(server: StorageServer, prefix: str) -> list[str]:

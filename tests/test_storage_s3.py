@@ -36,6 +36,7 @@ from app.storage.base import CompletedPart, WriteOptions, supports_multipart_upl
 from app.storage.s3 import MiB, S3Config, S3Store, map_error, multipart_etag, parse_s3_uri, part_size_for
 from tests.servers import StorageServer
 from tests.servers.s3 import BUCKET, moto_server, restart_seaweedfs, seaweedfs_server, stop_seaweedfs
+from tests.utils.streams import read_all, stream
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +73,6 @@ async def store(seaweed: StorageServer, monkeypatch: pytest.MonkeyPatch) -> Asyn
 
 def p(path: str) -> ArtifactPath:
     return ArtifactPath(path)
-
-
-async def stream(data: bytes, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
-    for offset in range(0, len(data), chunk):
-        yield data[offset : offset + chunk]
-
-
-async def read_all(store: S3Store, path: str, start: int = 0, end: int | None = None) -> bytes:
-    handle = await store.open_read(p(path))
-    try:
-        return b"".join([c async for c in handle.iter_range(start, handle.meta.size if end is None else end)])
-    finally:
-        await handle.aclose()
 
 
 async def pending_uploads(store: S3Store, path: str) -> list[Any]:
