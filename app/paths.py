@@ -16,6 +16,9 @@ from app.errors import InvalidParameter, InvalidPath
 TEMP_PREFIX = ".artifact.uploading."
 MAX_DECODE_ROUNDS = 10
 MAX_SEGMENT_BYTES = 255
+# Object stores cap keys at 1024 bytes (S3, GCS, Azure) and Linux paths at 4096: longer is refused here, as a 400,
+# rather than by a store as an error it reports in its own way.
+MAX_PATH_BYTES = 1024
 
 _CONTROL = re.compile("[\x00-\x1f\x7f\ufffd#\\\\]")
 _SCHEME_OR_DRIVE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -73,7 +76,10 @@ def canonical_path(raw: str | None) -> ArtifactPath:
             continue
         _check_segment(segment)
         kept.append(segment)
-    return ArtifactPath("/".join(kept), trailing_slash=value.endswith("/") and bool(kept))
+    canonical = "/".join(kept)
+    if len(canonical.encode("utf-8", errors="surrogatepass")) > MAX_PATH_BYTES:
+        raise InvalidPath()
+    return ArtifactPath(canonical, trailing_slash=value.endswith("/") and bool(kept))
 
 
 def file_path(raw: str | None) -> ArtifactPath:

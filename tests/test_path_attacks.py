@@ -55,6 +55,8 @@ ATTACKS = [
     "link",
     "link/new.txt",
     "inner-link/secret.txt",
+    "/".join(["abcdefghijklmnopqrst"] * 60),  # 1,259 bytes: past every store's key limit
+    "loop/x.txt",  # a symlink loop
 ]
 
 
@@ -72,6 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proxy, Pat
     (root / "link").symlink_to(outside, target_is_directory=True)
     (root / "safe" / "inner-link").symlink_to(outside, target_is_directory=True)
     (root / "inner-link").symlink_to(root / "safe" / "inner-link", target_is_directory=True)
+    (root / "loop").symlink_to(root / "loop")
     with running_proxy(str(root), base / "proxy") as proxy:
         yield proxy, base
 

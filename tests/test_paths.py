@@ -59,6 +59,13 @@ def test_rejections(raw: str) -> None:
         canonical_path(raw)
 
 
+def test_path_of_1024_bytes_is_the_limit() -> None:
+    longest = "/".join(["a" * 255] * 3 + ["a" * 254, "b"])
+    assert len(canonical_path(longest).canonical) == 1024
+    with pytest.raises(InvalidPath):
+        canonical_path(longest + "c")
+
+
 def test_segment_of_255_bytes_is_fine() -> None:
     assert canonical_path("é" * 127 + "x").canonical
 

@@ -43,6 +43,7 @@ from app.storage.base import (
     PresignedUrl,
     WriteOptions,
 )
+from app.storage.local_errors import fs_call
 from app.storage.local_multipart import LocalPresigning, sweep_expired_staging
 
 logger = logging.getLogger("artifact_proxy.storage.local")
@@ -97,8 +98,8 @@ def real_path(full: str) -> str:
         return os.path.realpath(full)
     try:
         fd = os.open(full, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return os.path.realpath(full)
+    except (FileNotFoundError, NotADirectoryError):
+        return os.path.realpath(full)  # not there (yet): resolve the part that exists
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     finally:
@@ -153,7 +154,7 @@ class LocalStore:
 
     # read ---------------------------------------------------------------------------------------------------------
     async def open_read(self, path: ArtifactPath) -> LocalReadHandle:
-        return await anyio.to_thread.run_sync(self._open_read, path)
+        return await anyio.to_thread.run_sync(fs_call, self._open_read, path)
 
     def _open_read(self, path: ArtifactPath) -> LocalReadHandle:
         target = self._resolve(path)
@@ -189,9 +190,9 @@ class LocalStore:
             if len(head) >= self.settings.upload_chunk_size:
                 break
         else:
-            await anyio.to_thread.run_sync(self._write_small, path, bytes(head), options)
+            await anyio.to_thread.run_sync(fs_call, self._write_small, path, bytes(head), options)
             return
-        fd, temp, target = await anyio.to_thread.run_sync(self._open_temp, path)
+        fd, temp, target = await anyio.to_thread.run_sync(fs_call, self._open_temp, path)
         try:
             await anyio.to_thread.run_sync(_write_all, fd, bytes(head))
             await self._stream_to_fd(fd, iterator, offset=len(head))
@@ -301,7 +302,7 @@ class LocalStore:
 
     # list ---------------------------------------------------------------------------------------------------------
     async def list(self, path: ArtifactPath) -> list[FileInfo]:
-        return await anyio.to_thread.run_sync(self._list, path)
+        return await anyio.to_thread.run_sync(fs_call, self._list, path)
 
     def _list(self, path: ArtifactPath) -> builtins.list[FileInfo]:
         target = self._resolve(path)
@@ -334,7 +335,7 @@ class LocalStore:
     async def delete(self, path: ArtifactPath) -> None:
         if path.is_root:
             raise InvalidParameter("Refusing to delete the artifact root")
-        await anyio.to_thread.run_sync(self._delete, path)
+        await anyio.to_thread.run_sync(fs_call, self._delete, path)
 
     def _delete(self, path: ArtifactPath) -> None:
         target = self._resolve(path)

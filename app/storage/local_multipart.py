@@ -23,6 +23,7 @@ from app.errors import InvalidParameter, ResourceNotFound
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.signing import current_base_url
 from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
+from app.storage.local_errors import fs_call
 
 if TYPE_CHECKING:
     from app.storage.local import LocalStore
@@ -55,7 +56,7 @@ class LocalPresigning:
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
         assert self.store.signer is not None
         upload_id = uuid.uuid4().hex
-        await anyio.to_thread.run_sync(self._create_staging, path, upload_id)
+        await anyio.to_thread.run_sync(fs_call, self._create_staging, path, upload_id)
         base, ttl = self._api_base(), self.store.settings.multipart_url_ttl
         credentials = [
             PartCredential(
@@ -96,7 +97,7 @@ class LocalPresigning:
     async def complete_multipart_upload(
         self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
     ) -> None:
-        await anyio.to_thread.run_sync(self._assemble, path, upload_id, parts)
+        await anyio.to_thread.run_sync(fs_call, self._assemble, path, upload_id, parts)
 
     def _assemble(self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]) -> None:
         self.store._resolve(path)  # containment first, so a link out of the root is a 400 whatever the upload id
@@ -118,7 +119,7 @@ class LocalPresigning:
         shutil.rmtree(staging, ignore_errors=True)
 
     async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
-        await anyio.to_thread.run_sync(self._abort, path, upload_id)
+        await anyio.to_thread.run_sync(fs_call, self._abort, path, upload_id)
 
     def _abort(self, path: ArtifactPath, upload_id: str | None) -> None:
         self.store._resolve(path)
