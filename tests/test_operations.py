@@ -101,3 +101,24 @@ def test_host_allow_list_and_cross_origin_refusal(tmp_path: Path) -> None:
         assert foreign.status_code == 403
         assert httpx.put(url, content=b"y", headers={"Origin": "https://ui.example.com"}).status_code == 200
         assert httpx.get(url, headers={"Origin": "https://evil.example.net"}).content == b"y"
+
+
+def test_a_download_stops_reading_storage_when_the_client_goes_away(tmp_path: Path) -> None:
+    size = 200 * 1024 * 1024
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / "big.bin", "wb") as handle:
+        handle.truncate(size)  # sparse: 200 MiB of zeros without writing them
+    with running_proxy(str(root), tmp_path / "proxy") as proxy:
+        host, port = urlsplit(proxy.url).netloc.split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"GET /api/2.0/mlflow-artifacts/artifacts/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.recv(1024 * 1024)
+        time.sleep(2)
+        metrics = httpx.get(f"{proxy.url}/metrics").text
+        sent = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith('artifact_proxy_bytes_sent_total{route="artifact"}')
+        ]
+        assert float(sent[0].rsplit(" ", 1)[1]) < size / 4

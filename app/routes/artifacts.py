@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -34,6 +35,8 @@ from app.storage.base import ArtifactStore, ObjectMeta, ReadHandle, WriteOptions
 logger = logging.getLogger("artifact_proxy.artifacts")
 
 EMPTY_JSON = b"{}"
+# Responses up to this size go out in one or two sends; only longer ones are worth a disconnect watcher task.
+WATCH_DISCONNECT_ABOVE = 1024 * 1024
 
 
 def store_of(request: Request) -> ArtifactStore:
@@ -56,15 +59,36 @@ class ReadHandleResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in self.handle.iter_range(self.byte_range.start, self.byte_range.end):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.byte_range.end - self.byte_range.start <= WATCH_DISCONNECT_ABOVE:
+                await self._stream(send)
+                return
+            # uvicorn drops sends after a disconnect without telling us: watch for it, or a vanished client
+            # would still have the whole object read from storage.
+            async with anyio.create_task_group() as group:
+
+                async def stream_then_stop() -> None:
+                    await self._stream(send)
+                    group.cancel_scope.cancel()
+
+                async def stop_on_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    logger.debug("client went away during download of %s", scope.get("path"))
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream_then_stop)
+                group.start_soon(stop_on_disconnect)
         except OSError:
-            # uvicorn raises on send after the client went away; there is no one left to answer.
             logger.debug("client went away during download of %s", scope.get("path"))
         finally:
-            await self.handle.aclose()
+            with anyio.CancelScope(shield=True):
+                await self.handle.aclose()
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.handle.iter_range(self.byte_range.start, self.byte_range.end):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def download(request: Request) -> Response:
