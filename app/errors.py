@@ -84,6 +84,13 @@ class PayloadTooLarge(ArtifactProxyError):
     status_code = 413
 
 
+class UploadStalled(ArtifactProxyError):
+    """The client stopped sending its body; 408 tells it (and the MLflow client's retry) to send it again."""
+
+    error_code = "DEADLINE_EXCEEDED"
+    status_code = 408
+
+
 class IncompleteBody(ArtifactProxyError):
     error_code = "BAD_REQUEST"
     status_code = 400

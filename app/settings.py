@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     upload_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("upload_chunk_size"))
     download_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("download_chunk_size"))
     fsync_uploads: bool = Field(True, validation_alias=_env("fsync_uploads"))
+    upload_idle_timeout: float = Field(120.0, gt=0, validation_alias=_env("upload_idle_timeout"))
     io_threads: int = Field(8, ge=1, le=256, validation_alias=_env("io_threads"))
     max_upload_size: int | None = Field(None, ge=0, validation_alias=_env("max_upload_size"))
     # A temp file untouched this long is a crash leftover; younger ones may be live uploads of another worker or

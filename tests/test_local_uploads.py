@@ -137,3 +137,21 @@ def test_size_limit_is_413_before_the_body_is_read(tmp_path: Path) -> None:
         assert httpx.put(proxy.artifact_url("ok.bin"), content=b"x" * 1000).status_code == 200
         assert not (tmp_path / "root" / "big2.bin").exists()
         assert temp_files(tmp_path / "root") == []
+
+
+def test_a_stalled_upload_is_abandoned_with_408_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    env = {"ARTIFACT_PROXY_UPLOAD_IDLE_TIMEOUT": "1"}
+    with running_proxy(str(root), tmp_path / "proxy", env=env) as proxy:
+        httpx.put(proxy.artifact_url("stall/m.bin"), content=b"previous").raise_for_status()
+        host, port = urlsplit(proxy.url).netloc.split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            target = "/api/2.0/mlflow-artifacts/artifacts/stall/m.bin"
+            head = f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {3 << 20}\r\n\r\n"
+            sock.sendall(head.encode() + b"y" * (2 << 20))  # two of three MiB, then silence
+            sock.settimeout(10)
+            reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b"DEADLINE_EXCEEDED" in reply
+        wait_for_no_temp_files(root)
+        assert httpx.get(proxy.artifact_url("stall/m.bin")).content == b"previous"

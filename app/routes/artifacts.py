@@ -24,6 +24,7 @@ from app.errors import (
     InvalidParameter,
     IsADirectoryArtifact,
     PayloadTooLarge,
+    UploadStalled,
     error_response,
 )
 from app.integrity import DigestingStream, expected_digests, repr_digest
@@ -141,7 +142,7 @@ async def upload(request: Request) -> Response:
     announced = _announced_length(request)
     _check_size(announced, settings, store)
     body = DigestingStream(
-        _counted_body(request, announced, settings.max_upload_size),
+        _counted_body(request, announced, settings.max_upload_size, settings.upload_idle_timeout),
         expected_digests(request.headers),
         settings.upload_chunk_size,
     )
@@ -189,9 +190,21 @@ def _check_size(announced: int | None, settings: Settings, store: ArtifactStore)
         )
 
 
-async def _counted_body(request: Request, announced: int | None, limit: int | None) -> AsyncIterator[bytes]:
+async def _counted_body(
+    request: Request, announced: int | None, limit: int | None, idle_timeout: float
+) -> AsyncIterator[bytes]:
     received = 0
-    async for chunk in request.stream():
+    body = request.stream()
+    while True:
+        # A client that stops sending without closing would otherwise hold a temp file or an open multipart
+        # upload for ever.
+        with anyio.move_on_after(idle_timeout) as idle:
+            try:
+                chunk = await anext(body)
+            except StopAsyncIteration:
+                break
+        if idle.cancelled_caught:
+            raise UploadStalled(f"No request body bytes for {idle_timeout:g} s; upload abandoned")
         received += len(chunk)
         if limit is not None and received > limit:
             raise PayloadTooLarge(f"Upload exceeds the limit of {limit} bytes")
