@@ -28,7 +28,7 @@ from app.storage.azure_client import AzureClient, AzureConfig, parse_wasbs
 from app.storage.azure_errors import error_code, map_error, storage_errors
 from app.storage.azure_sas import AzureSigning
 from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, WriteOptions
-from app.storage.chunks import first_block, rechunk
+from app.storage.chunks import first_block, prepend, rechunk
 
 # AzureConfig, parse_wasbs and map_error live in azure_client and azure_errors; callers import them from here too.
 __all__ = ["AzureBlobStore", "AzureConfig", "AzureReadHandle", "map_error", "parse_wasbs"]
@@ -67,12 +67,6 @@ def _write_condition(options: WriteOptions) -> dict[str, Any]:
     return {}
 
 
-async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield head.pop()  # popped, not kept: the first block must not stay alive beside the re-chunking buffer
-    async for chunk in rest:
-        yield chunk
-
-
 class AzureBlobStore(AzureSigning, AzureClient):
     """Artifacts as block blobs under `<prefix>/` in one container."""
 
@@ -103,7 +97,7 @@ class AzureBlobStore(AzureSigning, AzureClient):
                     overwrite=not options.create_only,
                 )
                 return
-            blocks = rechunk(_chain([head], chunks), block_size)
+            blocks = rechunk(prepend([head], chunks), block_size)
             del head  # the re-chunker owns the first block now
             block_ids = await self._stage_blocks(blob, blocks)
             # The only step that makes the new version visible; If-None-Match: * makes it create-only, atomically.

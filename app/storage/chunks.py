@@ -31,3 +31,12 @@ async def first_block(chunks: AsyncIterator[bytes], block_size: int) -> tuple[by
         if len(buffer) >= block_size:
             return bytes(buffer), False
     return bytes(buffer), True
+
+
+async def prepend(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield the already-read `head` chunks, then the rest of the stream. Chunks are popped as they go, so the
+    caller's list does not keep them alive beside whatever consumes them."""
+    while head:
+        yield head.pop(0)
+    async for chunk in rest:
+        yield chunk

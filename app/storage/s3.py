@@ -18,11 +18,12 @@ from botocore import exceptions as bce
 from app.errors import InvalidParameter
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, WriteOptions
+from app.storage.chunks import prepend
 from app.storage.s3_client import DIGEST_TAG, MiB, S3Client, S3Config, parse_s3_uri
 from app.storage.s3_client import _checksum_calculation as _checksum_calculation
 from app.storage.s3_errors import map_error
 from app.storage.s3_presign import S3Presign, multipart_etag
-from app.storage.s3_upload import MAX_PARTS, S3Upload, _chain, _first_part, part_size_for
+from app.storage.s3_upload import MAX_PARTS, S3Upload, _first_part, part_size_for
 from app.storage.s3_upload import _PartBuffer as _PartBuffer
 
 # These live in the sibling modules; callers and tests import them from here too (and tests lower MAX_PARTS here).
@@ -107,7 +108,7 @@ class S3Store(S3Presign, S3Upload, S3Client):
             with self.errors("PutObject", path):
                 await self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=body, **args)
             return
-        etag = await self._write_multipart(path, _chain(head, chunks), part_size, condition)
+        etag = await self._write_multipart(path, prepend(head, chunks), part_size, condition)
         if digest := options.digest():
             await self._tag_digest(path, digest, etag)
 

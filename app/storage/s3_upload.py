@@ -59,13 +59,6 @@ async def _first_part(chunks: AsyncIterator[bytes], part_size: int) -> tuple[lis
     return head, True
 
 
-async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    while head:
-        yield head.pop(0)  # each chunk goes once copied into a part buffer
-    async for chunk in rest:
-        yield chunk
-
-
 class S3Upload(S3Client):
     """Server-side multipart uploads of a stream, for S3Store's writes."""
 
