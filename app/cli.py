@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.config
 import os
@@ -11,9 +12,11 @@ import click
 import uvicorn
 
 from app import __version__
+from app.errors import ArtifactProxyError
 from app.logs import log_config
 from app.settings import Settings
-from app.storage import StoreConfigError, open_store
+from app.storage import StoreConfigError, open_store, redacted
+from app.storage.base import ArtifactStore
 
 logger = logging.getLogger("artifact_proxy.cli")
 
@@ -78,10 +81,20 @@ def server(**flags: object) -> None:
             os.environ[env] = str(value).lower() if isinstance(value, bool) else str(value)
     try:
         settings = Settings()
-        open_store(settings.artifacts_destination, settings)  # fail fast on a bad URI or a missing extra
-    except (StoreConfigError, ValueError) as exc:
+        asyncio.run(_preflight(open_store(settings.artifacts_destination, settings)))
+    except (StoreConfigError, ValueError, ArtifactProxyError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        where = redacted(settings.artifacts_destination)
+        raise click.ClickException(f"cannot prepare the artifacts destination {where}: {exc}") from exc
     run(settings)
+
+
+async def _preflight(store: ArtifactStore) -> None:
+    """Start the store once in this process, so a destination that cannot be served is one `Error:` line and exit
+    status 1 before any worker starts (a worker failing in its lifespan would only be restarted, or exit 0)."""
+    await store.start()
+    await store.close()
 
 
 @main.command("hash-password")

@@ -12,6 +12,7 @@ import logging
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger("artifact_proxy.errors")
 
@@ -122,6 +123,14 @@ class StorageUnavailable(ArtifactProxyError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class InsufficientStorage(ArtifactProxyError):
+    """The destination is full or over quota: final for this upload, so 507, which the MLflow client does not retry
+    (it retries 408, 429, 500 and 502-504 seven times with backoff)."""
+
+    error_code = "RESOURCE_EXHAUSTED"
+    status_code = 507
+
+
 class StorageTimeout(ArtifactProxyError):
     error_code = "DEADLINE_EXCEEDED"
     status_code = 504
@@ -157,6 +166,10 @@ async def handle_validation_error(_: Request, exc: Exception) -> Response:
     return error_response(400, "INVALID_PARAMETER_VALUE", f"Invalid request: {exc}")
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "INTERNAL_ERROR", "Internal server error")
+async def answer_unexpected(scope: Scope, receive: Receive, send: Send, response_started: bool) -> None:
+    """The last resort for an error no handler knows, called from inside the `except` that caught it: one log line
+    with its traceback, and a 500 in MLflow's shape if no response has started. Nothing is re-raised, so the server
+    does not log the same error a second time."""
+    logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+    if not response_started:
+        await error_response(500, "INTERNAL_ERROR", "Internal server error")(scope, receive, send)

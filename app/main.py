@@ -19,7 +19,6 @@ from app.errors import (
     ArtifactProxyError,
     handle_http_exception,
     handle_proxy_error,
-    handle_unexpected,
     handle_validation_error,
 )
 from app.metrics import RequestObserver, metrics_endpoint
@@ -75,7 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ArtifactProxyError: handle_proxy_error,
             StarletteHTTPException: handle_http_exception,
             RequestValidationError: handle_validation_error,
-            Exception: handle_unexpected,
         },
     )
     app.state.settings = settings

@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import answer_unexpected
+
 access_logger = logging.getLogger("artifact_proxy.access")
 audit_logger = logging.getLogger("artifact_proxy.audit")
 AUDIT_KEY = "artifact_proxy.audit"  # set by app.auth.authorize: who asked for which operation on which path
@@ -53,7 +55,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        counts = {"in": 0, "out": 0, "status": 500}
+        counts = {"in": 0, "out": 0, "status": 500, "started": 0}
 
         async def counting_receive() -> Message:
             message = await receive()
@@ -63,7 +65,7 @@ class RequestObserver:
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                counts["status"] = message["status"]
+                counts["status"], counts["started"] = message["status"], 1
             elif message["type"] == "http.response.body":
                 counts["out"] += len(message.get("body", b""))
             await send(message)
@@ -71,6 +73,8 @@ class RequestObserver:
         IN_FLIGHT.inc()
         try:
             await self.app(scope, counting_receive, counting_send)
+        except Exception:
+            await answer_unexpected(scope, receive, send, response_started=bool(counts["started"]))
         finally:
             IN_FLIGHT.dec()
             self._record(scope, counts, time.perf_counter() - started)

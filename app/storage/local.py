@@ -1,22 +1,30 @@
 """Local directory backend (the embedded default, and NFS mounts).
 
-Every filesystem step of an operation runs in one thread hop (`anyio.to_thread.run_sync`): path resolution, the
-containment check, open/stat/scandir. Uploads write `.artifact.uploading.<random>` beside the target, fsync, and
-`os.replace` into place, so readers see the old version or the complete new one.
+Every filesystem step of an operation runs in one thread hop (`anyio.to_thread.run_sync`). Paths are opened below a
+descriptor of the root (`local_resolve.Root`): containment is checked on what was opened, and the descriptor that was
+checked is the one read, so a concurrent rename can never turn an existing artifact into a 404 or redirect a write.
+
+Uploads are written to an anonymous temporary file (`O_TMPFILE`, or `.artifact.uploading.<random>` where the
+filesystem has none) in the target's directory, locked for their whole life (`local_sweep`), fsynced, and then linked
+or renamed into place, so readers see the old version or the complete new one and a crash leaves nothing visible.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import anyio.to_thread
@@ -25,9 +33,9 @@ from app.errors import (
     AlreadyExists,
     ArtifactNotFound,
     InvalidParameter,
-    InvalidPath,
     IsADirectoryArtifact,
     PathOutsideRoot,
+    StorageMisconfigured,
     StorageUnavailable,
 )
 from app.paths import TEMP_PREFIX, ArtifactPath
@@ -43,8 +51,10 @@ from app.storage.base import (
     PresignedUrl,
     WriteOptions,
 )
-from app.storage.local_errors import fs_call
-from app.storage.local_multipart import LocalPresigning, sweep_expired_staging
+from app.storage.local_errors import FsCalls
+from app.storage.local_multipart import LocalPresigning
+from app.storage.local_resolve import PATH_FLAGS, READ_FLAGS, Root
+from app.storage.local_sweep import lock_new_file, sweep
 
 logger = logging.getLogger("artifact_proxy.storage.local")
 
@@ -52,6 +62,11 @@ logger = logging.getLogger("artifact_proxy.storage.local")
 PREFETCH_LIMIT = 256 * 1024
 # The upload's SHA-256, kept with the file itself (an extended attribute), so it moves and dies with it.
 DIGEST_XATTR = "user.artifact_proxy.sha256"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_MISSING = (FileNotFoundError, NotADirectoryError)
+# Opening these is refused by the kernel for sockets and device nodes without a driver: not an artifact either way.
+_NOT_OPENABLE = frozenset({errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP})
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
 def local_root(uri: str) -> Path:
@@ -87,23 +102,48 @@ class LocalReadHandle:
             os.close(fd)
 
 
-# Where the kernel can name an open file's real path, one open(O_PATH) + readlink replaces realpath's lstat of
-# every component in Python: the hot paths resolve each request's path, so this is most of their filesystem cost.
-_PROC_FD = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+@dataclass
+class TempFile:
+    """An upload being written in its target's directory: anonymous (`name` None) until it is published."""
 
+    fd: int
+    dir_fd: int
+    name: str | None
+    target: str  # basename in dir_fd
+    relative: str  # the artifact path, for messages
 
-def real_path(full: str) -> str:
-    """`os.path.realpath` for an existing path, faster; a missing path falls back to realpath itself."""
-    if not _PROC_FD:
-        return os.path.realpath(full)
-    try:
-        fd = os.open(full, os.O_PATH | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return os.path.realpath(full)  # not there (yet): resolve the part that exists
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def discard(self) -> None:
+        self.close()
+        if self.name is not None:
+            _unlink_quietly(self.name, self.dir_fd)
+
+    def publish(self, create_only: bool) -> None:
+        """Give the finished file its name: atomically replace, or atomically create (a link fails if taken)."""
+        if self.name is None and create_only:
+            try:
+                os.link(f"/proc/self/fd/{self.fd}", self.target, dst_dir_fd=self.dir_fd)
+            except FileExistsError as exc:
+                raise AlreadyExists(self.relative) from exc
+            return
+        if self.name is None:
+            # Named only now, while still locked: a sweeper never sees it unlocked unless we die right here.
+            self.name = f"{TEMP_PREFIX}{secrets.token_hex(16)}"
+            os.link(f"/proc/self/fd/{self.fd}", self.name, dst_dir_fd=self.dir_fd)
+        if not create_only:
+            os.replace(self.name, self.target, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            return
+        try:
+            os.link(self.name, self.target, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except FileExistsError as exc:
+            raise AlreadyExists(self.relative) from exc
+        _unlink_quietly(self.name, self.dir_fd)
 
 
 def _meta_from_stat(st: os.stat_result, sha256: str | None = None) -> ObjectMeta:
@@ -118,6 +158,10 @@ class LocalStore:
         self.root = local_root(uri).expanduser().absolute()
         self.settings = settings
         self._real_root = ""
+        self._dir: Root | None = None
+        self._fs = FsCalls(str(self.root))
+        self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._sweeper: asyncio.Task[None] | None = None
         # Presigning needs a secret shared by every worker; without one the capability is off (501, server-info).
         self.signer = UrlSigner(settings.signing_secret) if settings.signing_secret else None
         self.multipart_enabled = self.signer is not None and settings.enable_multipart
@@ -127,57 +171,89 @@ class LocalStore:
     # lifecycle -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         await anyio.to_thread.run_sync(self._prepare_root)
+        # Sweeping walks the tree: in the background, so a large destination does not delay startup.
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="artifact-proxy-sweeper")
 
     def _prepare_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageMisconfigured(f"The artifact directory {self.root} cannot be created: {exc.strerror}") from exc
         self._real_root = os.path.realpath(self.root)
-        sweep_temp_files(self._real_root, older_than=self.settings.stale_upload_age)
-        sweep_expired_staging(self._real_root, max_age=2 * self.settings.multipart_url_ttl)
+        self._dir = Root(self._real_root)
+        self._fs = FsCalls(self._real_root)
+
+    def sweep_once(self, now: float) -> None:
+        """Remove crash leftovers as of `now` (tests pass their own clock)."""
+        sweep(self._real_root, now, self.settings.stale_upload_age, 2 * self.settings.multipart_url_ttl)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self.sweep_once, time.time())
+            except Exception:  # a sweep must never end the loop, whatever the filesystem does
+                logger.exception("sweeping %s failed", self._real_root)
+            if self.settings.sweep_interval <= 0:
+                return
+            await asyncio.sleep(self.settings.sweep_interval)
 
     async def close(self) -> None:
-        return None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._dir is not None:
+            self._dir.close()
 
     async def check_ready(self) -> None:
         ok = await anyio.to_thread.run_sync(os.access, self._real_root, os.W_OK | os.X_OK)
         if not ok:
             raise StorageUnavailable(f"The artifact directory {self.root} is not writable")
 
-    # path resolution -----------------------------------------------------------------------------------------------
-    def _resolve(self, path: ArtifactPath) -> str:
-        """The real path for `path`, refusing anything (symlinks included) that resolves outside the root."""
-        return self._contained(real_path(os.path.join(self._real_root, path.canonical)))
+    @property
+    def dir(self) -> Root:
+        assert self._dir is not None, "LocalStore.start() was not called"
+        return self._dir
 
-    def _contained(self, target: str) -> str:
-        if target != self._real_root and not target.startswith(self._real_root + os.sep):
-            raise PathOutsideRoot()
-        return target
+    def run(self, function: Any, *args: Any) -> Any:
+        """The filesystem step `function(*args)` in a worker thread, its errors mapped (`local_errors`)."""
+        return anyio.to_thread.run_sync(self._fs, function, *args)
 
     # read ---------------------------------------------------------------------------------------------------------
     async def open_read(self, path: ArtifactPath) -> LocalReadHandle:
-        return await anyio.to_thread.run_sync(fs_call, self._open_read, path)
+        handle: LocalReadHandle = await self.run(self._open_read, path)
+        return handle
 
     def _open_read(self, path: ArtifactPath) -> LocalReadHandle:
-        target = self._resolve(path)
         try:
-            fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError as exc:
+            fd = self.dir.open(path.canonical, READ_FLAGS)
+        except _MISSING as exc:
             raise ArtifactNotFound(path.canonical) from exc
-        except NotADirectoryError as exc:
-            raise ArtifactNotFound(path.canonical) from exc
-        except IsADirectoryError as exc:
-            raise IsADirectoryArtifact(path.canonical) from exc
+        except OSError as exc:
+            if exc.errno in _NOT_OPENABLE:
+                raise ArtifactNotFound(path.canonical) from exc
+            raise
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryArtifact(path.canonical)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or a device: never an artifact, never read
                 raise ArtifactNotFound(path.canonical)
             prefetched = os.pread(fd, st.st_size, 0) if st.st_size <= PREFETCH_LIMIT else None
+            meta = _meta_from_stat(st, _read_digest(fd, path))
         except BaseException:
             os.close(fd)
             raise
-        meta = _meta_from_stat(st, _read_digest(fd))
         return LocalReadHandle(fd, meta, prefetched, self.settings.download_chunk_size)
+
+    def is_file(self, path: ArtifactPath) -> bool:
+        try:
+            fd = self.dir.open(path.canonical, PATH_FLAGS)
+        except (*_MISSING, PathOutsideRoot):
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
 
     # write --------------------------------------------------------------------------------------------------------
     async def write(
@@ -190,20 +266,20 @@ class LocalStore:
             if len(head) >= self.settings.upload_chunk_size:
                 break
         else:
-            await anyio.to_thread.run_sync(fs_call, self._write_small, path, bytes(head), options)
+            await self.run(self._write_small, path, bytes(head), options)
             return
-        fd, temp, target = await anyio.to_thread.run_sync(fs_call, self._open_temp, path)
+        temp: TempFile = await self.run(self.open_temp, path)
         try:
-            await anyio.to_thread.run_sync(_write_all, fd, bytes(head))
-            await self._stream_to_fd(fd, iterator, offset=len(head))
+            await self.run(_write_all, temp.fd, bytes(head))
+            await self.stream_to_fd(temp.fd, iterator, offset=len(head))
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_discard, fd, temp)
+                await anyio.to_thread.run_sync(temp.discard)
             raise
-        # _commit owns the descriptor from here: it closes it, or discards it on failure.
-        await anyio.to_thread.run_sync(self._commit, fd, temp, target, b"", options)
+        # commit owns the temp file from here: it publishes it, or discards it on failure.
+        await self.run(self.commit, temp, b"", options)
 
-    async def _stream_to_fd(self, fd: int, chunks: AsyncIterator[bytes], offset: int = 0) -> None:
+    async def stream_to_fd(self, fd: int, chunks: AsyncIterator[bytes], offset: int = 0) -> None:
         """Write a byte stream to `fd`, one thread hop per `upload_chunk_size` bytes (blocks that size or larger
         are written as they are, without another copy). With fsync on, writeback starts as each block lands, so
         the final fsync finds little left to do."""
@@ -217,70 +293,83 @@ class LocalStore:
             if buffered >= block:
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 parts, buffered = [], 0
-                await anyio.to_thread.run_sync(_write_at_end, fd, data, offset, start_writeback)
+                await self.run(_write_at_end, fd, data, offset, start_writeback)
                 offset += len(data)
         if parts:
-            await anyio.to_thread.run_sync(_write_at_end, fd, b"".join(parts), offset, start_writeback)
+            await self.run(_write_at_end, fd, b"".join(parts), offset, start_writeback)
 
-    def _prepare_target(self, path: ArtifactPath) -> tuple[str, str]:
-        """The (real) parent directory and target file for a write, creating parents inside the root as needed."""
-        parent_path = ArtifactPath(path.canonical.rpartition("/")[0])
-        parent = self._resolve(parent_path)
-        if not os.path.isdir(parent):
-            self._make_parents(path, parent)
-            parent = self._resolve(parent_path)  # re-check: a concurrent symlink swap must not redirect the write
-        target = os.path.join(parent, path.basename)
+    def check_target(self, path: ArtifactPath, dir_fd: int | None = None) -> None:
+        """Refuse (400) a write onto a directory or a link that leaves the root, before any byte is written."""
+        if dir_fd is None:
+            try:
+                dir_fd = self.dir.open_parent(path.canonical, create=False)
+            except FileNotFoundError:
+                return  # parents are created on write
+            except NotADirectoryError as exc:
+                raise self._parent_is_a_file(path) from exc
+            try:
+                self.check_target(path, dir_fd)
+            finally:
+                os.close(dir_fd)
+            return
         try:
-            mode = os.lstat(target).st_mode
+            mode = os.lstat(path.basename, dir_fd=dir_fd).st_mode
         except FileNotFoundError:
-            return parent, target
+            return
         if stat.S_ISLNK(mode):
-            # Replacing the link itself would be allowed by os.replace, but reads through it are refused when it
-            # leaves the root, so writes are too.
-            mode = os.stat(self._resolve(path)).st_mode
+            # Replacing the link itself would be allowed, but reads through it are refused when it leaves the root,
+            # so writes are too.
+            fd = self.dir.open(path.canonical, PATH_FLAGS)
+            try:
+                mode = os.fstat(fd).st_mode
+            finally:
+                os.close(fd)
         if stat.S_ISDIR(mode):
             raise InvalidParameter(f"Cannot write '{path.canonical}': it is a directory")
-        return parent, target
 
     @staticmethod
-    def _make_parents(path: ArtifactPath, parent: str) -> None:
+    def _parent_is_a_file(path: ArtifactPath) -> InvalidParameter:
+        return InvalidParameter(f"Cannot write '{path.canonical}': a parent path is a file")
+
+    def open_temp(self, path: ArtifactPath) -> TempFile:
         try:
-            os.makedirs(parent, exist_ok=True)
+            dir_fd = self.dir.open_parent(path.canonical, create=True)
         except (FileExistsError, NotADirectoryError) as exc:
-            raise InvalidParameter(f"Cannot write '{path.canonical}': a parent path is a file") from exc
-        except OSError as exc:
-            if exc.errno == errno.ENAMETOOLONG:
-                raise InvalidPath() from exc
-            raise
-
-    def _open_temp(self, path: ArtifactPath) -> tuple[int, str, str]:
-        parent, target = self._prepare_target(path)
-        temp = os.path.join(parent, f"{TEMP_PREFIX}{secrets.token_hex(16)}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-        return fd, temp, target
-
-    def _commit(self, fd: int, temp: str, target: str, tail: bytes, options: WriteOptions = DEFAULT_WRITE) -> None:
+            raise self._parent_is_a_file(path) from exc
         try:
-            _write_all(fd, tail)
-            _record_digest(fd, options.digest())
+            self.check_target(path, dir_fd)
+            fd, name = self._create_temp(dir_fd)
+            lock_new_file(fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        return TempFile(fd=fd, dir_fd=dir_fd, name=name, target=path.basename, relative=path.canonical)
+
+    def _create_temp(self, dir_fd: int) -> tuple[int, str | None]:
+        if self._tmpfile:
+            try:
+                return os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd), None
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise
+                self._tmpfile = False  # e.g. NFS: named temporary files from now on
+        name = f"{TEMP_PREFIX}{secrets.token_hex(16)}"
+        return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd), name
+
+    def commit(self, temp: TempFile, tail: bytes, options: WriteOptions = DEFAULT_WRITE) -> None:
+        try:
+            _write_all(temp.fd, tail)
+            _record_digest(temp.fd, options.digest())
             if self.settings.fsync_uploads:
-                os.fsync(fd)
+                os.fsync(temp.fd)
+            temp.publish(options.create_only)
         except BaseException:
-            _discard(fd, temp)
+            temp.discard()
             raise
-        os.close(fd)
-        try:
-            _publish(temp, target, options.create_only, self._relative(target))
-        except BaseException:
-            _unlink_quietly(temp)
-            raise
-
-    def _relative(self, target: str) -> str:
-        return os.path.relpath(target, self._real_root)
+        temp.close()  # only now: the lock marks the file live until it has its final name
 
     def _write_small(self, path: ArtifactPath, data: bytes, options: WriteOptions = DEFAULT_WRITE) -> None:
-        fd, temp, target = self._open_temp(path)
-        self._commit(fd, temp, target, data, options)
+        self.commit(self.open_temp(path), data, options)
 
     # presigning (app/storage/local_multipart.py) -------------------------------------------------------------------
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
@@ -301,80 +390,101 @@ class LocalStore:
         return await self._presigning.presign_download(path)
 
     # list ---------------------------------------------------------------------------------------------------------
-    async def list(self, path: ArtifactPath) -> list[FileInfo]:
-        return await anyio.to_thread.run_sync(fs_call, self._list, path)
+    async def list(self, path: ArtifactPath) -> builtins.list[FileInfo]:
+        infos: builtins.list[FileInfo] = await self.run(self._list, path)
+        return infos
 
     def _list(self, path: ArtifactPath) -> builtins.list[FileInfo]:
-        target = self._resolve(path)
+        try:
+            fd = self.dir.open(path.canonical, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except _MISSING:
+            return []
         infos: builtins.list[FileInfo] = []
         try:
-            with os.scandir(target) as entries:
+            with os.scandir(fd) as entries:
                 for entry in entries:
                     if entry.name.startswith(TEMP_PREFIX):
                         continue
-                    info = self._entry_info(entry)
+                    info = self._entry_info(path, entry)
                     if info is not None:
                         infos.append(info)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        finally:
+            os.close(fd)
         infos.sort(key=lambda info: info.path)
         return infos
 
-    def _entry_info(self, entry: os.DirEntry[str]) -> FileInfo | None:
+    def _entry_info(self, parent: ArtifactPath, entry: os.DirEntry[str]) -> FileInfo | None:
+        """A listed entry; links are listed as what they point to, and only if that stays inside the root. FIFOs,
+        sockets and devices are not artifacts: never listed."""
         try:
-            if entry.is_symlink():
-                # A link is listed only if it stays inside the root; a link out of it is invisible.
-                self._resolve(ArtifactPath(os.path.relpath(entry.path, self._real_root)))
-            if entry.is_dir():
-                return FileInfo(entry.name, True)
-            return FileInfo(entry.name, False, entry.stat().st_size)
+            if not entry.is_symlink():
+                if entry.is_dir(follow_symlinks=False):
+                    return FileInfo(entry.name, True)
+                if entry.is_file(follow_symlinks=False):
+                    return FileInfo(entry.name, False, entry.stat(follow_symlinks=False).st_size)
+                return None
+            relative = f"{parent.canonical}/{entry.name}" if parent.canonical else entry.name
+            fd = self.dir.open(relative, PATH_FLAGS)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
         except (PathOutsideRoot, OSError):
             return None
+        if stat.S_ISDIR(st.st_mode):
+            return FileInfo(entry.name, True)
+        return FileInfo(entry.name, False, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
     # delete -------------------------------------------------------------------------------------------------------
     async def delete(self, path: ArtifactPath) -> None:
         if path.is_root:
             raise InvalidParameter("Refusing to delete the artifact root")
-        await anyio.to_thread.run_sync(fs_call, self._delete, path)
+        await self.run(self._delete, path)
 
     def _delete(self, path: ArtifactPath) -> None:
-        target = self._resolve(path)
-        if target == self._real_root:
-            raise InvalidParameter("Refusing to delete the artifact root")
+        """Remove the named entry itself: a link is unlinked, never followed into what it points to."""
         try:
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            else:
-                os.unlink(target)
-        except (FileNotFoundError, NotADirectoryError):
+            dir_fd = self.dir.open_parent(path.canonical, create=False)
+        except _MISSING:
             return
+        try:
+            mode = os.lstat(path.basename, dir_fd=dir_fd).st_mode
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(path.basename, onerror=_ignore_missing, dir_fd=dir_fd)
+            else:
+                os.unlink(path.basename, dir_fd=dir_fd)
+        except _MISSING:
+            return
+        finally:
+            os.close(dir_fd)
 
 
-def _publish(temp: str, target: str, create_only: bool, name: str) -> None:
-    """Move a finished temp file into place: atomically replace, or atomically create-only (link fails if taken)."""
-    if not create_only:
-        os.replace(temp, target)
-        return
-    try:
-        os.link(temp, target)
-    except FileExistsError as exc:
-        raise AlreadyExists(name) from exc
-    os.unlink(temp)
+def _ignore_missing(_function: object, _path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):  # a concurrent delete got there first: fine
+        raise exc_info[1]
 
 
 def _record_digest(fd: int, sha256: str | None) -> None:
     if sha256:
         try:
             os.setxattr(fd, DIGEST_XATTR, sha256.encode("ascii"))
-        except OSError:
-            pass  # the filesystem keeps no user xattrs (some NFS mounts): serve without a recorded digest
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # The filesystem keeps no user xattrs (some NFS mounts): serve without a recorded digest.
 
 
-def _read_digest(fd: int) -> str | None:
+def _read_digest(fd: int, path: ArtifactPath) -> str | None:
     try:
-        return os.getxattr(fd, DIGEST_XATTR).decode("ascii")
+        raw = os.getxattr(fd, DIGEST_XATTR)
     except OSError:
         return None
+    value = raw.decode("ascii", "replace")
+    if not _SHA256_HEX.match(value):
+        # Written by something else, or damaged: serving it would make every verifying client fail.
+        logger.warning("ignoring a malformed digest attribute on '%s': %r", path.canonical, raw[:80])
+        return None
+    return value
 
 
 def _write_at_end(fd: int, data: bytes, offset: int, start_writeback: bool) -> None:
@@ -390,37 +500,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(name: str, dir_fd: int | None = None) -> None:
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
-
-
-def _discard(fd: int, temp: str) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    _unlink_quietly(temp)
-
-
-def sweep_temp_files(root: str, older_than: float = 0.0) -> int:
-    """Remove leftover `.artifact.uploading.*` files (a crash mid-upload); returns how many were removed."""
-    removed = 0
-    cutoff = time.time() - older_than
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            if not name.startswith(TEMP_PREFIX):
-                continue
-            full = os.path.join(dirpath, name)
-            try:
-                if older_than and os.lstat(full).st_mtime > cutoff:
-                    continue
-                os.unlink(full)
-                removed += 1
-            except OSError:
-                continue
-    if removed:
-        logger.info("removed %d leftover temporary upload file(s) under %s", removed, root)
-    return removed

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -20,15 +19,14 @@ from urllib.parse import quote
 import anyio.to_thread
 
 from app.errors import InvalidParameter, ResourceNotFound
-from app.paths import TEMP_PREFIX, ArtifactPath
+from app.paths import ArtifactPath
 from app.signing import current_base_url
 from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
-from app.storage.local_errors import fs_call
+from app.storage.local_sweep import STAGING_DIR, STAGING_TARGET, lock_new_file, try_lock
 
 if TYPE_CHECKING:
     from app.storage.local import LocalStore
 
-STAGING_DIR = f"{TEMP_PREFIX}mpu"
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 PART_ROUTE = "presigned-parts"
 DOWNLOAD_ROUTE = "signed-artifacts"
@@ -56,7 +54,7 @@ class LocalPresigning:
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
         assert self.store.signer is not None
         upload_id = uuid.uuid4().hex
-        await anyio.to_thread.run_sync(fs_call, self._create_staging, path, upload_id)
+        await self.store.run(self._create_staging, path, upload_id)
         base, ttl = self._api_base(), self.store.settings.multipart_url_ttl
         credentials = [
             PartCredential(
@@ -68,66 +66,82 @@ class LocalPresigning:
         return CreatedMultipartUpload(upload_id=upload_id, credentials=credentials)
 
     def _create_staging(self, path: ArtifactPath, upload_id: str) -> None:
-        self.store._prepare_target(path)  # fail now (400) on a directory, a file parent or a link out of the root
+        self.store.check_target(path)  # fail now (400) on a directory, a file parent or a link out of the root
         staging = self._staging(upload_id)
         os.makedirs(staging)
-        with open(os.path.join(staging, "target"), "w", encoding="utf-8") as handle:
+        with open(os.path.join(staging, STAGING_TARGET), "w", encoding="utf-8") as handle:
             handle.write(path.canonical)
 
     # parts --------------------------------------------------------------------------------------------------------
     async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
         staging = self._staging(upload_id)
         final = os.path.join(staging, f"part-{part_number:05d}")
-        fd, temp = await anyio.to_thread.run_sync(self._open_part, staging)
+        guard, fd, temp = await self.store.run(self._open_part, staging)
         try:
-            await self.store._stream_to_fd(fd, chunks)
+            await self.store.stream_to_fd(fd, chunks)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_close_and_unlink, fd, temp)
+                await anyio.to_thread.run_sync(_close_and_unlink, fd, temp, guard)
             raise
-        return await anyio.to_thread.run_sync(_finish_part, fd, temp, final)
+        etag: str = await self.store.run(_finish_part, fd, temp, final, guard)
+        return etag
 
-    def _open_part(self, staging: str) -> tuple[int, str]:
-        if not os.path.isdir(staging):
-            raise ResourceNotFound("No such multipart upload (completed, aborted or expired)")
-        temp = os.path.join(staging, f"{uuid.uuid4().hex}.tmp")
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), temp
+    def _open_part(self, staging: str) -> tuple[int, int, str]:
+        guard = _hold_staging(staging)
+        try:
+            temp = os.path.join(staging, f"{uuid.uuid4().hex}.tmp")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            lock_new_file(fd)
+        except BaseException:
+            os.close(guard)
+            raise
+        return guard, fd, temp
 
     # complete / abort ---------------------------------------------------------------------------------------------
     async def complete_multipart_upload(
         self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
     ) -> None:
-        await anyio.to_thread.run_sync(fs_call, self._assemble, path, upload_id, parts)
+        await self.store.run(self._assemble, path, upload_id, parts)
 
     def _assemble(self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]) -> None:
-        self.store._resolve(path)  # containment first, so a link out of the root is a 400 whatever the upload id
+        self.store.check_target(path)  # containment first, so a link out of the root is a 400 whatever the upload id
         staging = self._staging(upload_id)
-        if not os.path.isdir(staging):
-            if os.path.isfile(self.store._resolve(path)):
-                return  # a retried complete whose first attempt succeeded
-            raise ResourceNotFound("No such multipart upload (completed, aborted or expired)")
-        _check_bound(staging, path)
-        sources = _checked_parts(staging, parts)
-        fd, temp, target = self.store._open_temp(path)
         try:
-            for source in sources:
-                _append_file(fd, source)
-        except BaseException:
-            _close_and_unlink(fd, temp)
+            guard = _hold_staging(staging)
+        except ResourceNotFound:
+            if self.store.is_file(path):
+                return  # a retried complete whose first attempt succeeded
             raise
-        self.store._commit(fd, temp, target, b"")
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _check_bound(staging, path)
+            sources = _checked_parts(staging, parts)
+            temp = self.store.open_temp(path)
+            try:
+                for source in sources:
+                    _append_file(temp.fd, source)
+            except BaseException:
+                temp.discard()
+                raise
+            self.store.commit(temp, b"")
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(guard)
 
     async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
-        await anyio.to_thread.run_sync(fs_call, self._abort, path, upload_id)
+        await self.store.run(self._abort, path, upload_id)
 
     def _abort(self, path: ArtifactPath, upload_id: str | None) -> None:
-        self.store._resolve(path)
+        self.store.check_target(path)
         staging = self._staging(upload_id)
-        if not os.path.isdir(staging):
+        try:
+            guard = _hold_staging(staging)
+        except ResourceNotFound:
             return  # idempotent: already completed, aborted or expired
-        _check_bound(staging, path)
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _check_bound(staging, path)
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(guard)
 
     # presigned download -------------------------------------------------------------------------------------------
     async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
@@ -139,9 +153,19 @@ class LocalPresigning:
         return PresignedUrl(url=url, headers={}, file_size=handle.meta.size)
 
 
+def _hold_staging(staging: str) -> int:
+    """A shared lock on the staging directory for one step, so the sweeper never removes it from under the step."""
+    try:
+        fd = os.open(os.path.join(staging, STAGING_TARGET), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ResourceNotFound("No such multipart upload (completed, aborted or expired)") from exc
+    try_lock(fd, exclusive=False)  # refused only while a sweep removes it: then it is gone, as if a moment later
+    return fd
+
+
 def _check_bound(staging: str, path: ArtifactPath) -> None:
     try:
-        with open(os.path.join(staging, "target"), encoding="utf-8") as handle:
+        with open(os.path.join(staging, STAGING_TARGET), encoding="utf-8") as handle:
             bound = handle.read()
     except FileNotFoundError as exc:
         raise ResourceNotFound("No such multipart upload") from exc
@@ -183,28 +207,21 @@ def _append_file(fd: int, source: str) -> None:
                 view = view[os.write(fd, view) :]
 
 
-def _finish_part(fd: int, temp: str, final: str) -> str:
-    os.close(fd)
-    os.replace(temp, final)  # a re-sent part replaces the earlier attempt whole
-    return part_etag(os.stat(final))
+def _finish_part(fd: int, temp: str, final: str, guard: int) -> str:
+    try:
+        os.replace(temp, final)  # a re-sent part replaces the earlier attempt whole
+        return part_etag(os.fstat(fd))
+    finally:
+        os.close(fd)
+        os.close(guard)
 
 
-def _close_and_unlink(fd: int, temp: str) -> None:
+def _close_and_unlink(fd: int, temp: str, guard: int) -> None:
     try:
         os.close(fd)
+        os.close(guard)
     finally:
         try:
             os.unlink(temp)
         except FileNotFoundError:
             pass
-
-
-def sweep_expired_staging(real_root: str, max_age: float) -> None:
-    """Remove staging directories of uploads nobody completed before their part URLs expired."""
-    base = os.path.join(real_root, STAGING_DIR)
-    if not os.path.isdir(base):
-        return
-    cutoff = time.time() - max_age
-    for entry in os.scandir(base):
-        if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-            shutil.rmtree(entry.path, ignore_errors=True)
