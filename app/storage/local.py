@@ -298,14 +298,14 @@ class LocalStore:
         if parts:
             await self.run(_write_at_end, fd, b"".join(parts), offset, start_writeback)
 
-    def check_target(self, path: ArtifactPath, dir_fd: int | None = None) -> None:
+    def check_target(self, path: ArtifactPath, dir_fd: int | None = None, create_parents: bool = False) -> None:
         """Refuse (400) a write onto a directory or a link that leaves the root, before any byte is written."""
         if dir_fd is None:
             try:
-                dir_fd = self.dir.open_parent(path.canonical, create=False)
+                dir_fd = self.dir.open_parent(path.canonical, create=create_parents)
             except FileNotFoundError:
                 return  # parents are created on write
-            except NotADirectoryError as exc:
+            except (FileExistsError, NotADirectoryError) as exc:
                 raise self._parent_is_a_file(path) from exc
             try:
                 self.check_target(path, dir_fd)
@@ -449,6 +449,8 @@ class LocalStore:
             return
         try:
             mode = os.lstat(path.basename, dir_fd=dir_fd).st_mode
+            if stat.S_ISLNK(mode):
+                self._refuse_link_out_of_root(path)
             if stat.S_ISDIR(mode):
                 shutil.rmtree(path.basename, onerror=_ignore_missing, dir_fd=dir_fd)
             else:
@@ -457,6 +459,14 @@ class LocalStore:
             return
         finally:
             os.close(dir_fd)
+
+
+    def _refuse_link_out_of_root(self, path: ArtifactPath) -> None:
+        """Deleting a link removes only the link; one that leaves the root is refused, as every verb refuses it."""
+        try:
+            os.close(self.dir.open(path.canonical, PATH_FLAGS))
+        except _MISSING:
+            pass  # a dangling link inside the root: removing it is fine
 
 
 def _ignore_missing(_function: object, _path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:

@@ -66,7 +66,9 @@ class LocalPresigning:
         return CreatedMultipartUpload(upload_id=upload_id, credentials=credentials)
 
     def _create_staging(self, path: ArtifactPath, upload_id: str) -> None:
-        self.store.check_target(path)  # fail now (400) on a directory, a file parent or a link out of the root
+        # Fail now (400) on a directory, a file parent or a link out of the root; the parents appear at once, as
+        # MLflow's own server makes them.
+        self.store.check_target(path, create_parents=True)
         staging = self._staging(upload_id)
         os.makedirs(staging)
         with open(os.path.join(staging, STAGING_TARGET), "w", encoding="utf-8") as handle:

@@ -95,7 +95,13 @@ class Root:
         raise OSError(code, os.strerror(code), relative)
 
     def _open_and_check(self, relative: str, flags: int) -> int:
-        fd = os.open(relative, flags, dir_fd=self.fd)
+        try:
+            fd = os.open(relative, flags, dir_fd=self.fd)
+        except (FileNotFoundError, NotADirectoryError):
+            # Missing, but through a link that leaves the root: that is the answer the client gets (400).
+            if not self.contains(os.path.realpath(os.path.join(self.path, relative))):
+                raise PathOutsideRoot() from None
+            raise
         try:
             real = self._real_name(fd, relative)
         except BaseException:
