@@ -24,7 +24,7 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aioftp
@@ -242,6 +242,8 @@ class FTPStore(FTPCommands):
                     try:
                         async for chunk in chunks:
                             await stream.write(chunk)
+                    except (OSError, RuntimeError) as exc:  # asyncio's RuntimeError: the transport is closed
+                        await _raise_servers_reason(stream, exc)
                     except BaseException:
                         stream.close()
                         raise
@@ -330,3 +332,15 @@ class FTPStore(FTPCommands):
     async def _remove_file(self, lease: Lease, remote: str) -> None:
         with suppress_refused():  # removed concurrently
             await lease.client.remove_file(remote)
+
+
+async def _raise_servers_reason(stream: DataConnectionThrottleStreamIO, exc: BaseException) -> NoReturn:
+    """The server closed the data connection mid-upload: its control reply says why (a full disk is a 426, 451,
+    452 or 552 naming the reason), so raise that reply rather than the bare connection error."""
+    try:
+        await asyncio.wait_for(stream.finish(), 10)
+    except aioftp.StatusCodeError as reply:
+        raise reply from exc
+    except Exception:
+        stream.close()
+    raise ConnectionResetError(f"the FTP server closed the data connection: {exc}") from exc

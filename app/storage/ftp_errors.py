@@ -9,7 +9,14 @@ from contextlib import contextmanager
 
 import aioftp
 
-from app.errors import ArtifactProxyError, InvalidPath, StorageMisconfigured, StorageTimeout, StorageUnavailable
+from app.errors import (
+    ArtifactProxyError,
+    InsufficientStorage,
+    InvalidPath,
+    StorageMisconfigured,
+    StorageTimeout,
+    StorageUnavailable,
+)
 
 logger = logging.getLogger("artifact_proxy.storage.ftp")
 
@@ -27,6 +34,12 @@ def unsupported(exc: aioftp.StatusCodeError) -> bool:
     return reply_code(exc) in ("500", "502", "504")
 
 
+def _says_no_space(exc: aioftp.StatusCodeError) -> bool:
+    """Servers that abort a transfer for a full disk with a generic 426/451 name the reason in the text."""
+    text = " ".join(str(line) for line in getattr(exc, "info", []) or []).lower()
+    return "no space" in text or "quota" in text
+
+
 def map_error(exc: BaseException, what: str, where: str) -> ArtifactProxyError:
     """Translate aioftp and socket errors into the service's hierarchy; details go to the log."""
     logger.warning("ftp %s %r failed: %s: %s", what, where, type(exc).__name__, exc)
@@ -38,8 +51,10 @@ def map_error(exc: BaseException, what: str, where: str) -> ArtifactProxyError:
         code = reply_code(exc)
         if code == "530":
             return StorageMisconfigured("The FTP server refused the login: check the user and password")
-        if code in ("452", "552"):
-            return StorageMisconfigured("The FTP server is out of space or over quota")
+        if code in ("452", "552") or _says_no_space(exc):
+            return InsufficientStorage(
+                "Not enough space to store the artifact: the FTP server is out of space or quota"
+            )
         if code == "553":
             return InvalidPath()
         if code.startswith("4"):  # FTP's transient negative replies, 421 "service not available" among them

@@ -9,6 +9,7 @@ import asyncssh
 from app.errors import (
     ArtifactNotFound,
     ArtifactProxyError,
+    InsufficientStorage,
     InvalidPath,
     StorageMisconfigured,
     StorageTimeout,
@@ -44,8 +45,14 @@ def map_error(exc: BaseException, what: str, where: str) -> ArtifactProxyError:
         )
     if isinstance(exc, (asyncssh.SFTPPermissionDenied, asyncssh.SFTPWriteProtect)):
         return StorageMisconfigured("The SFTP server denied access: check the account's rights on the destination")
-    if isinstance(exc, (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded)):
-        return StorageMisconfigured("The SFTP server is out of space or over quota")
+    # Servers speaking SFTP v3 have no code for it: a full disk is a generic failure that names the reason.
+    no_space = isinstance(exc, asyncssh.SFTPFailure) and any(
+        words in str(exc.reason).lower() for words in ("no space", "quota")
+    )
+    if no_space or isinstance(exc, (asyncssh.SFTPNoSpaceOnFilesystem, asyncssh.SFTPQuotaExceeded)):
+        return InsufficientStorage(
+            "Not enough space to store the artifact: the SFTP server is out of space or over quota"
+        )
     if isinstance(exc, asyncssh.SFTPInvalidFilename):
         return InvalidPath()
     if isinstance(exc, (*CONNECTION_LOST, OSError)):
