@@ -40,6 +40,11 @@ LATENCY = Histogram(
 BYTES_IN = Counter("artifact_proxy_bytes_received", "Request body bytes received", ["route"])
 BYTES_OUT = Counter("artifact_proxy_bytes_sent", "Response body bytes sent", ["route"])
 IN_FLIGHT = Gauge("artifact_proxy_requests_in_flight", "Requests being served", multiprocess_mode="livesum")
+DESTINATION_FREE_BYTES = Gauge(
+    "artifact_proxy_destination_free_bytes",
+    "Bytes free for uploads on a local destination, as of the last /ready probe or upload that checked",
+    multiprocess_mode="mostrecent",
+)
 STORE_ERRORS = Counter("artifact_proxy_store_errors", "Requests that failed because of the store", ["status"])
 
 

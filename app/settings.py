@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # runs at startup and then every sweep_interval seconds (0: at startup only).
     stale_upload_age: int = Field(60, ge=0, validation_alias=_env("stale_upload_age"))
     sweep_interval: float = Field(300.0, ge=0, validation_alias=_env("sweep_interval"))
+    # A local destination keeps at least this many bytes free: below it /ready fails, and a PUT whose
+    # Content-Length would cross it is refused with 507 before its body is read.
+    min_free_bytes: int = Field(0, ge=0, validation_alias=_env("min_free_bytes"))
 
     # Multipart and presigned URLs.
     enable_multipart: bool = Field(True, validation_alias=_env("enable_multipart"))

@@ -32,12 +32,14 @@ import anyio.to_thread
 from app.errors import (
     AlreadyExists,
     ArtifactNotFound,
+    InsufficientStorage,
     InvalidParameter,
     IsADirectoryArtifact,
     PathOutsideRoot,
     StorageMisconfigured,
     StorageUnavailable,
 )
+from app.metrics import DESTINATION_FREE_BYTES
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
 from app.signing import UrlSigner
@@ -205,9 +207,31 @@ class LocalStore:
             self._dir.close()
 
     async def check_ready(self) -> None:
-        ok = await anyio.to_thread.run_sync(os.access, self._real_root, os.W_OK | os.X_OK)
+        ok, free = await anyio.to_thread.run_sync(self._readiness)
         if not ok:
             raise StorageUnavailable(f"The artifact directory {self.root} is not writable")
+        if free < self.settings.min_free_bytes:
+            raise StorageUnavailable(
+                f"The artifact directory {self.root} has {free} bytes free, under ARTIFACT_PROXY_MIN_FREE_BYTES "
+                f"({self.settings.min_free_bytes})"
+            )
+
+    def _readiness(self) -> tuple[bool, int]:
+        return os.access(self._real_root, os.W_OK | os.X_OK), self._free_bytes()
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self._real_root)
+        free = st.f_bavail * st.f_frsize
+        DESTINATION_FREE_BYTES.set(free)
+        return free
+
+    def _check_space(self, size: int) -> None:
+        free = self._free_bytes()
+        if free - size < self.settings.min_free_bytes:
+            raise InsufficientStorage(
+                f"Not enough space to store the artifact: {size} bytes would leave {max(free - size, 0)} free, "
+                f"under the destination's floor of {self.settings.min_free_bytes} bytes"
+            )
 
     @property
     def dir(self) -> Root:
@@ -259,6 +283,8 @@ class LocalStore:
     async def write(
         self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
+        if size is not None and self.settings.min_free_bytes:
+            await self.run(self._check_space, size)  # before the first body byte is read (and 100 Continue sent)
         iterator = aiter(chunks)
         head = bytearray()
         async for chunk in iterator:  # buffer the first block: a small body costs a single thread hop
@@ -459,7 +485,6 @@ class LocalStore:
             return
         finally:
             os.close(dir_fd)
-
 
     def _refuse_link_out_of_root(self, path: ArtifactPath) -> None:
         """Deleting a link removes only the link; one that leaves the root is refused, as every verb refuses it."""
