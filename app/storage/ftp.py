@@ -101,7 +101,7 @@ class FTPReadHandle:
         self._streams: list[AsyncGenerator[bytes, None]] = []
 
     def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
-        stream = self._store.stream_range(self._remote, self._where, start, end)
+        stream = self._store.stream_range(self._remote, self._where, start, end, self.meta)
         self._streams.append(stream)  # closed in aclose, so the pooled connection comes back at once
         return stream
 
@@ -201,7 +201,9 @@ class FTPStore(FTPCommands):
 
         return await self.run("opening", path.canonical, op)
 
-    async def stream_range(self, remote: str, where: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
+    async def stream_range(
+        self, remote: str, where: str, start: int, end: int, expected: ObjectMeta
+    ) -> AsyncGenerator[bytes, None]:
         if end <= start:
             return
         floor = min(MIN_YIELD, self.settings.download_chunk_size)
@@ -215,17 +217,22 @@ class FTPStore(FTPCommands):
                         if not data:  # the file shrank underneath us: stop rather than spin
                             break
                         remaining, block = remaining - len(data), block + data
-                        if len(block) >= floor or remaining == 0:
+                        if len(block) >= floor and remaining > 0:
                             yield bytes(block)
                             block = bytearray()
-                    if block:
-                        yield bytes(block)
                 finally:
                     stream.close()
                 # Closing early makes the server abort the transfer (426); either answer leaves a clean session.
                 async with asyncio.timeout(5):
                     await lease.client.command(None, ("2xx", "4xx"), "1xx")
+                # RETR opens by name, so an overwrite since open_read would send the new bytes under the old
+                # version's size: the last block goes out only once the file is still the version that was opened.
+                info = await self._stat(lease, remote)
                 lease.reusable = True
+        if remaining or info is None or object_meta(info).etag != expected.etag:
+            raise StorageUnavailable("The artifact changed while it was being read; retry")
+        if block:
+            yield bytes(block)
 
     # write ---------------------------------------------------------------------------------------------------------
     async def write(
