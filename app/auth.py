@@ -219,6 +219,17 @@ class Authenticator:
         raise PermissionDenied(f"User '{principal.name}' may not {operation.name.lower()} '{path.canonical or '/'}'")
 
 
+PRINCIPAL_KEY = "artifact_proxy.principal"
+
+
+async def authenticate(request: Request) -> None:
+    """Establish who is asking (401 if nobody valid), for routes that must know it before reading their body: an
+    unauthenticated client never gets a byte of its body read. `authorize` reuses the answer."""
+    authenticator: Authenticator | None = request.app.state.authenticator
+    if authenticator is not None and PRINCIPAL_KEY not in request.scope:
+        request.scope[PRINCIPAL_KEY] = await authenticator.principal(request)
+
+
 async def authorize(request: Request, operation: Operation, path: ArtifactPath) -> None:
     """Allow or refuse `operation` on the canonical `path`; records who asked, for the audit log."""
     audit = {"op": operation.name.lower(), "path": path.canonical, "user": "-"}
@@ -226,6 +237,6 @@ async def authorize(request: Request, operation: Operation, path: ArtifactPath) 
     authenticator: Authenticator | None = request.app.state.authenticator
     if authenticator is None:
         return
-    principal = await authenticator.principal(request)
+    principal: Principal = request.scope.get(PRINCIPAL_KEY) or await authenticator.principal(request)
     audit["user"] = principal.name
     authenticator.check(principal, operation, path)

@@ -139,10 +139,10 @@ async def upload(request: Request) -> Response:
     await authorize(request, Operation.WRITE, path)
     settings = settings_of(request)
     store = store_of(request)
-    announced = _announced_length(request)
+    announced = announced_length(request)
     _check_size(announced, settings, store)
     body = DigestingStream(
-        _counted_body(request, announced, settings.max_upload_size, settings.upload_idle_timeout),
+        counted_body(request, announced, settings.max_upload_size, settings.upload_idle_timeout),
         expected_digests(request.headers),
         settings.upload_chunk_size,
     )
@@ -169,7 +169,7 @@ async def _refuse_existing(store: ArtifactStore, path: ArtifactPath) -> None:
     raise AlreadyExists(path.canonical)
 
 
-def _announced_length(request: Request) -> int | None:
+def announced_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
@@ -190,9 +190,11 @@ def _check_size(announced: int | None, settings: Settings, store: ArtifactStore)
         )
 
 
-async def _counted_body(
+async def counted_body(
     request: Request, announced: int | None, limit: int | None, idle_timeout: float
 ) -> AsyncIterator[bytes]:
+    """The request body, refused past `limit` (413), past its Content-Length or short of it (400), and abandoned
+    after `idle_timeout` seconds without a byte (408)."""
     received = 0
     body = request.stream()
     while True:
