@@ -38,6 +38,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Protocol, runtime_checkable
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -210,16 +211,28 @@ class Authenticator:
             self._verified[key] = time.monotonic() + VERIFIED_TTL
         return Principal(user, config.groups_of(user))
 
-    def check(self, principal: Principal, operation: Operation, path: ArtifactPath) -> None:
+    def allows(self, principal: Principal, operation: Operation, path: ArtifactPath) -> bool:
+        """The most specific rule covering `path` decides; no rule refuses."""
         for rule in self.config().rules:
             if rule.covers(path.canonical):
-                if rule.allows(principal, operation):
-                    return
-                break
+                return rule.allows(principal, operation)
+        return False
+
+    def check(self, principal: Principal, operation: Operation, path: ArtifactPath) -> None:
+        if self.allows(principal, operation, path):
+            return
         raise PermissionDenied(f"User '{principal.name}' may not {operation.name.lower()} '{path.canonical or '/'}'")
 
 
 PRINCIPAL_KEY = "artifact_proxy.principal"
+
+
+@runtime_checkable
+class FollowsLinks(Protocol):
+    """A store whose paths may be links (a local directory): what an operation really touches can differ from the
+    path asked for, and must be allowed as well."""
+
+    async def resolved(self, path: ArtifactPath, follow_last: bool) -> ArtifactPath: ...
 
 
 async def authenticate(request: Request) -> None:
@@ -240,3 +253,12 @@ async def authorize(request: Request, operation: Operation, path: ArtifactPath) 
     principal: Principal = request.scope.get(PRINCIPAL_KEY) or await authenticator.principal(request)
     audit["user"] = principal.name
     authenticator.check(principal, operation, path)
+    store = request.app.state.store
+    if isinstance(store, FollowsLinks):
+        actual = await store.resolved(path, follow_last=operation == Operation.READ)
+        if actual != path and not authenticator.allows(principal, operation, actual):
+            # Name only the requested path: where the link leads is none of the client's business.
+            raise PermissionDenied(
+                f"User '{principal.name}' may not {operation.name.lower()} '{path.canonical}': "
+                "it is a link into a path the rules refuse"
+            )

@@ -242,6 +242,13 @@ class LocalStore:
         """The filesystem step `function(*args)` in a worker thread, its errors mapped (`local_errors`)."""
         return anyio.to_thread.run_sync(self._fs, function, *args)
 
+    async def resolved(self, path: ArtifactPath, follow_last: bool) -> ArtifactPath:
+        """The path an operation on `path` really touches, links followed (the last one only when the operation
+        follows it: reads do, writes and deletes replace or remove the link itself). Authorization checks this too,
+        so a link cannot lead into a prefix the rules refuse."""
+        where: str | None = await self.run(self.dir.where, path.canonical, follow_last)
+        return path if where is None or where == path.canonical else ArtifactPath(where)
+
     # read ---------------------------------------------------------------------------------------------------------
     async def open_read(self, path: ArtifactPath) -> LocalReadHandle:
         handle: LocalReadHandle = await self.run(self._open_read, path)

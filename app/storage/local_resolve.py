@@ -152,3 +152,25 @@ class Root:
             os.close(fd)
             raise
         return fd
+
+    def where(self, relative: str, follow_last: bool) -> str | None:
+        """Where `relative` really is, relative to the root ("" for the root itself): links followed, the last one
+        only if `follow_last`; missing components are named below the deepest ancestor that exists. None when a
+        parent is a file (the operation fails anyway); PathOutsideRoot if it leaves the root."""
+        if not relative:
+            return ""
+        parent, _, name = relative.rpartition("/")
+        if not follow_last:
+            base = self.where(parent, follow_last=True)
+            return None if base is None else f"{base}/{name}".lstrip("/")
+        try:
+            fd = self.open(relative, PATH_FLAGS)
+        except FileNotFoundError:
+            return self.where(relative, follow_last=False)
+        except NotADirectoryError:
+            return None
+        try:
+            real = self._real_name(fd, relative)
+        finally:
+            os.close(fd)
+        return os.path.relpath(real, self.path) if real != self.path else ""
