@@ -14,12 +14,9 @@ import httpx
 import pytest
 import uvloop
 from pydantic import SecretStr
-from starlette.requests import ClientDisconnect
 
 from app.errors import (
     AlreadyExists,
-    ArtifactNotFound,
-    InvalidParameter,
     IsADirectoryArtifact,
     StorageMisconfigured,
     StorageUnavailable,
@@ -53,11 +50,6 @@ def make_store(server: StorageServer, destination: str | None = None, **config: 
     values: dict[str, object] = {"ca_file": server.env.get("ARTIFACT_PROXY_FTP_CA_FILE"), **config}
     uri = destination or f"{server.destination}/{uuid.uuid4().hex[:8]}"
     return FTPStore(uri, settings, FTPConfig(**values))  # type: ignore[arg-type]
-
-
-def on_disk(server_dir: Path, store: FTPStore) -> Path:
-    """The store's directory on the server's disk (the FTP user is confined to `ftp-root`)."""
-    return server_dir / "ftp-root" / store.root.lstrip("/")
 
 
 @pytest.fixture
@@ -94,16 +86,6 @@ def test_uri_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_ftp_uri("ftp:///no-host", FTPConfig())  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize("size", [0, 1000, 3 * CHUNK + 7])
-async def test_round_trip(store: FTPStore, size: int) -> None:
-    data = os.urandom(size)
-    await store.write(p("dir/sub/blob.bin"), stream(data), None)
-    assert await read_all(store, "dir/sub/blob.bin") == data
-    handle = await store.open_read(p("dir/sub/blob.bin"))
-    assert handle.meta.size == size and handle.meta.etag and handle.meta.last_modified
-    await handle.aclose()
-
-
 async def test_ranges_and_early_close_keep_the_pool_usable(store: FTPStore) -> None:
     data = os.urandom(40 * CHUNK)  # large enough that the server is still sending when a range ends
     await store.write(p("r.bin"), stream(data), len(data))
@@ -127,32 +109,6 @@ async def test_etag_changes_with_each_upload(store: FTPStore) -> None:
     assert tags[0] != tags[1]  # MLSx `unique` differs even within one second
 
 
-@pytest.mark.parametrize("failure", ["error", "cancel"])
-async def test_failed_upload_keeps_previous_version(server_dir: Path, store: FTPStore, failure: str) -> None:
-    await store.write(p("keep.bin"), stream(b"previous"), None)
-    data = os.urandom(4 * CHUNK)
-    if failure == "error":
-        with pytest.raises(ClientDisconnect):
-            await store.write(p("keep.bin"), stream(data, fail_after=2 * CHUNK), None)
-    else:
-        stalled = asyncio.Event()
-        task = asyncio.ensure_future(store.write(p("keep.bin"), stream(data, fail_after=2 * CHUNK, hang=stalled), None))
-        await stalled.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert await read_all(store, "keep.bin") == b"previous"
-    assert sorted(os.listdir(on_disk(server_dir, store))) == ["keep.bin"]  # no temp file left behind
-
-
-async def test_create_only(store: FTPStore) -> None:
-    once = WriteOptions(create_only=True)
-    await store.write(p("once.txt"), stream(b"first"), None, once)
-    with pytest.raises(AlreadyExists):
-        await store.write(p("once.txt"), stream(b"second"), None, once)
-    assert await read_all(store, "once.txt") == b"first"
-
-
 async def test_server_refusing_to_rename_onto_a_file(store: FTPStore, monkeypatch: pytest.MonkeyPatch) -> None:
     original = aioftp.Client.rename
 
@@ -166,44 +122,6 @@ async def test_server_refusing_to_rename_onto_a_file(store: FTPStore, monkeypatc
     await store.write(p("x.txt"), stream(b"two"), None)  # replaced in two steps
     assert await read_all(store, "x.txt") == b"two"
     assert [f.path for f in await store.list(p(""))] == ["x.txt"]
-
-
-async def test_list(server_dir: Path, store: FTPStore) -> None:
-    await store.write(p("a/one.txt"), stream(b"1"), None)
-    await store.write(p("a/sub/two.txt"), stream(b"22"), None)
-    (on_disk(server_dir, store) / "a" / ".artifact.uploading.stale").write_bytes(b"partial")
-    listed = [(f.path, f.is_dir, f.file_size) for f in await store.list(p("a"))]
-    assert listed == [("one.txt", False, 1), ("sub", True, None)]
-    assert await store.list(p("a/one.txt")) == []
-    assert await store.list(p("missing")) == []
-    assert [f.path for f in await store.list(p(""))] == ["a"]
-
-
-async def test_delete(store: FTPStore) -> None:
-    await store.write(p("d/keep.txt"), stream(b"k"), None)
-    await store.write(p("d/tree/x/y.txt"), stream(b"y"), None)
-    await store.write(p("d/gone.txt"), stream(b"g"), None)
-    await store.delete(p("d/gone.txt"))
-    await store.delete(p("d/tree"))
-    await store.delete(p("d/never-existed"))
-    assert [f.path for f in await store.list(p("d"))] == ["keep.txt"]
-    with pytest.raises(InvalidParameter):
-        await store.delete(p(""))
-
-
-async def test_missing_directory_and_conflicts(store: FTPStore) -> None:
-    await store.write(p("f/file.txt"), stream(b"x"), None)
-    with pytest.raises(ArtifactNotFound):
-        await store.open_read(p("f/nope.txt"))
-    with pytest.raises(ArtifactNotFound):
-        await store.open_read(p("f/file.txt/below"))
-    for directory in ("f", ""):
-        with pytest.raises(IsADirectoryArtifact):
-            await store.open_read(p(directory))
-    with pytest.raises(InvalidParameter, match="a parent path is a file"):
-        await store.write(p("f/file.txt/below"), stream(b"x"), None)
-    with pytest.raises(InvalidParameter, match="it is a directory"):
-        await store.write(p("f"), stream(b"x"), None)
 
 
 async def test_pool_bounds_connections_under_concurrency(server: StorageServer) -> None:

@@ -70,12 +70,6 @@ def p(value: str) -> ArtifactPath:
     return ArtifactPath(value)
 
 
-async def failing_stream(data: bytes) -> AsyncIterator[bytes]:
-    async for chunk in stream(data):
-        yield chunk
-    raise ConnectionResetError("client went away")
-
-
 async def raw_names(server: StorageServer, prefix: str) -> list[str]:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"{server.endpoint}/storage/v1/b/{BUCKET}/o", params={"prefix": prefix})
@@ -83,82 +77,13 @@ async def raw_names(server: StorageServer, prefix: str) -> list[str]:
 
 
 # write / read ------------------------------------------------------------------------------------------------------
-async def test_small_write_round_trip(store: GCSStore) -> None:
-    await store.write(p("a/b.txt"), stream(b"hello gcs"), 9)
-    handle = await store.open_read(p("a/b.txt"))
-    assert handle.meta.size == 9 and handle.meta.etag and handle.meta.etag.startswith('"')
-    assert handle.meta.last_modified and abs(handle.meta.last_modified - dt.datetime.now().timestamp()) < 300
-    assert await read_all(store, "a/b.txt") == b"hello gcs"
-
-
-@pytest.mark.parametrize("size", [0, BLOCK - 1, BLOCK, 2 * BLOCK, 3 * BLOCK + 12345])
-async def test_writes_round_trip_across_block_boundaries(store: GCSStore, size: int) -> None:
-    data = os.urandom(size)
-    await store.write(p("blob.bin"), stream(data, 70_001), None)
-    assert (await store.open_read(p("blob.bin"))).meta.size == size
-    assert await read_all(store, "blob.bin") == data
-
-
-async def test_large_write_uses_several_chunks_and_one_huge_source_chunk(store: GCSStore) -> None:
-    data = os.urandom(5 * BLOCK + 7)
-    await store.write(p("big.bin"), stream(data, len(data)), len(data))  # the first block overshoots by far
-    assert await read_all(store, "big.bin") == data
-
-
-async def test_range_reads(store: GCSStore) -> None:
-    data = os.urandom(3 * BLOCK)
-    await store.write(p("r.bin"), stream(data), None)
-    assert await read_all(store, "r.bin", 10, 20) == data[10:20]
-    assert await read_all(store, "r.bin", BLOCK - 5, 2 * BLOCK + 5) == data[BLOCK - 5 : 2 * BLOCK + 5]
-    assert await read_all(store, "r.bin", len(data) - 1) == data[-1:]
-    assert await read_all(store, "r.bin", 5, 5) == b""
-
-
-async def test_failed_write_keeps_previous_version(store: GCSStore, gcs_server: StorageServer) -> None:
-    await store.write(p("keep.bin"), stream(b"version one"), None)
-    for size in (1000, 3 * BLOCK):  # simple path and resumable path
-        with pytest.raises(ConnectionResetError):
-            await store.write(p("keep.bin"), failing_stream(os.urandom(size)), None)
-        with pytest.raises(ConnectionResetError):
-            await store.write(p("new.bin"), failing_stream(os.urandom(size)), None)
-    assert await read_all(store, "keep.bin") == b"version one"
-    with pytest.raises(ArtifactNotFound):
-        await store.open_read(p("new.bin"))
-    assert await store.list(p("")) == [FileInfo("keep.bin", False, 11)]
-
-
-async def test_overwrite_replaces_content(store: GCSStore) -> None:
-    await store.write(p("o.txt"), stream(b"first"), None)
-    first = (await store.open_read(p("o.txt"))).meta.etag
-    await store.write(p("o.txt"), stream(b"second!"), None)
-    handle = await store.open_read(p("o.txt"))
-    assert handle.meta.etag != first and await read_all(store, "o.txt") == b"second!"
-
-
-async def test_missing_and_directory_reads(store: GCSStore) -> None:
-    await store.write(p("dir/file.txt"), stream(b"x"), None)
-    with pytest.raises(ArtifactNotFound):
-        await store.open_read(p("nope.txt"))
-    with pytest.raises(ArtifactNotFound):
-        await store.open_read(p("di"))  # a name prefix, not a directory
-    with pytest.raises(IsADirectoryArtifact):
-        await store.open_read(p("dir"))
-    with pytest.raises(IsADirectoryArtifact):
-        await store.open_read(p(""))
-
-
 # list / delete -----------------------------------------------------------------------------------------------------
-async def test_list_one_level_with_sizes_hiding_staging(store: GCSStore) -> None:
-    for name, body in [("a.txt", b"12345"), ("sub/b.txt", b"bb"), ("sub/deep/c.txt", b"c"), ("z", b"")]:
-        await store.write(p(name), stream(body), None)
+async def test_list_hides_multipart_staging(store: GCSStore) -> None:
+    await store.write(p("sub/b.txt"), stream(b"bb"), None)
     created = await store.create_multipart_upload(p("sub/m.bin"), 1)
     httpx.put(created.credentials[0].url, content=b"part").raise_for_status()  # a staging object now exists
-    root = sorted(await store.list(p("")), key=lambda info: info.path)
-    assert root == [FileInfo("a.txt", False, 5), FileInfo("sub", True), FileInfo("z", False, 0)]
-    sub = sorted(await store.list(p("sub")), key=lambda info: info.path)
-    assert sub == [FileInfo("b.txt", False, 2), FileInfo("deep", True)]
-    assert await store.list(p("a.txt")) == []
-    assert await store.list(p("missing")) == []
+    assert await store.list(p("")) == [FileInfo("sub", True)]
+    assert await store.list(p("sub")) == [FileInfo("b.txt", False, 2)]
 
 
 async def test_list_follows_pages(store: GCSStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,25 +101,6 @@ async def test_list_follows_pages(store: GCSStore, monkeypatch: pytest.MonkeyPat
     assert sorted(i.path for i in listed if i.is_dir) == [f"d{i}" for i in range(7)]
     await store.delete(p("many"))
     assert await store.list(p("many")) == []
-
-
-async def test_list_of_empty_store(store: GCSStore) -> None:
-    assert await store.list(p("")) == []
-
-
-async def test_delete_file_prefix_and_idempotence(store: GCSStore, gcs_server: StorageServer) -> None:
-    for name in ["d/one.txt", "d/sub/two.txt", "d2/keep.txt", "d.txt"]:
-        await store.write(p(name), stream(b"x"), None)
-    await store.delete(p("d.txt"))
-    with pytest.raises(ArtifactNotFound):
-        await store.open_read(p("d.txt"))
-    await store.delete(p("d"))
-    assert await store.list(p("d")) == []
-    assert [i.path for i in await store.list(p(""))] == ["d2"]  # `d` must not take `d2` with it
-    await store.delete(p("d"))
-    await store.delete(p("never/existed"))
-    with pytest.raises(InvalidParameter):
-        await store.delete(p(""))
 
 
 # multipart ---------------------------------------------------------------------------------------------------------

@@ -138,6 +138,7 @@ class AzureBlobStore(AzureSigning, AzureClient):
                 info = _listed(item, prefix)
                 if info is not None:
                     infos.append(info)
+        infos.sort(key=lambda info: info.path)  # Azure orders whole names, and "b.txt" < "b/" but "b" < "b.txt"
         return infos
 
     # delete --------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from datetime import datetime
 import anyio
 
 from app.downloads import content_disposition
-from app.errors import InvalidParameter, PresignedDownloadUnsupported, StorageUnavailable
+from app.errors import ArtifactNotFound, InvalidParameter, PresignedDownloadUnsupported, StorageUnavailable
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, PresignedUrl, WriteOptions
 from app.storage.chunks import first_block
@@ -67,20 +67,26 @@ class GCSStore(GCSMultipart, GCSClient):
     async def stream_range(
         self, path: ArtifactPath, generation: str | None, start: int, end: int
     ) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of one generation, yielded in chunks of at most about `_read_chunk`."""
+        """Bytes [start, end) of one generation, yielded in chunks of at most `_read_chunk`."""
         params = {"alt": "media", **({"generation": generation} if generation else {})}
         # Accept-Encoding: gzip turns off decompressive transcoding, so offsets match the stored size.
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "gzip"}
-        with self._errors("reading an object", path):
-            resp = await self._send(
-                "GET",
-                self._object_url(self._name(path)),
-                (200, 206),
-                params=params,
-                headers=headers,
-                timeout=self._data_timeout,
-                auto_decompress=False,
-            )
+        try:
+            with self._errors("reading an object", path):
+                resp = await self._send(
+                    "GET",
+                    self._object_url(self._name(path)),
+                    (200, 206),
+                    params=params,
+                    headers=headers,
+                    timeout=self._data_timeout,
+                    auto_decompress=False,
+                )
+        except ArtifactNotFound:
+            if generation is None:
+                raise
+            # The generation opened is gone: the object was replaced (or deleted) since open_read, not missing.
+            raise StorageUnavailable("The artifact changed while it was being read; retry", retry_after=1) from None
         # A 200 means the server ignored Range and sends the whole object: skip up to `start`.
         skip, remaining, buffer = (start if resp.status == 200 else 0), end - start, bytearray()
         try:
@@ -90,9 +96,11 @@ class GCSStore(GCSMultipart, GCSClient):
                     piece = piece[:remaining]
                     buffer += piece
                     remaining -= len(piece)
-                    if len(buffer) >= self._read_chunk or (buffer and not remaining):
-                        yield bytes(buffer)
-                        buffer.clear()
+                    while len(buffer) >= self._read_chunk or (buffer and not remaining):
+                        with memoryview(buffer) as view:  # a network read may bring more than one chunk
+                            chunk = bytes(view[: self._read_chunk])
+                        del buffer[: len(chunk)]
+                        yield chunk
                     if not remaining:
                         break
             if remaining:
@@ -207,6 +215,7 @@ class GCSStore(GCSMultipart, GCSClient):
             for sub in page.get("prefixes", []):
                 if base := _child(sub[:-1], prefix):
                     infos.append(FileInfo(base, True))
+        infos.sort(key=lambda info: info.path)  # GCS orders whole names (files, then prefixes): not our order
         return infos
 
     # delete --------------------------------------------------------------------------------------------------------
