@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from urllib.parse import urlencode
 
@@ -20,15 +22,17 @@ current_base_url: ContextVar[str] = ContextVar("current_base_url", default="http
 
 
 class UrlSigner:
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, clock: Callable[[], float] = time.time) -> None:
         self._key = secret.encode("utf-8")
+        self._clock = clock  # POSIX seconds; tests pass their own to sign or verify at another time
 
     def _digest(self, purpose: str, fields: tuple[str, ...], expires: int) -> str:
         message = "\n".join((purpose, *fields, str(expires))).encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def query(self, purpose: str, fields: tuple[str, ...], ttl: int) -> str:
-        expires = int(time.time()) + ttl
+        # Rounded up: a URL is valid for at least `ttl` seconds, never a fraction of a second less.
+        expires = math.ceil(self._clock() + ttl)
         return urlencode({"expires": expires, "sig": self._digest(purpose, fields, expires)})
 
     def verify(self, purpose: str, fields: tuple[str, ...], expires: str | None, sig: str | None) -> None:
@@ -38,5 +42,5 @@ class UrlSigner:
         expected = self._digest(purpose, fields, int(expires))
         if not hmac.compare_digest(expected, sig):
             raise PermissionDenied("Invalid URL signature")
-        if int(expires) < time.time():
+        if int(expires) < self._clock():
             raise PermissionDenied("This URL has expired")

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import pytest
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
 from app.auth import hash_password, hash_token
-from tests.utils.proxy import Proxy, running_proxy
+from tests.utils.proxy import PATIENCE, Proxy, held_body, running_proxy
 
 PASSWORDS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw"}
 CI_TOKEN = "ci-token-0123456789"
@@ -156,7 +157,9 @@ def test_audit_lines_for_allowed_and_denied_calls(secured: tuple[Proxy, Path, Pa
     proxy, _, audit = secured
     httpx.put(f"{proxy.api}/artifacts/1/audited.txt", content=b"12345", headers=WHO["alice"]).raise_for_status()
     httpx.delete(f"{proxy.api}/artifacts/1/audited.txt", headers=WHO["bob"])
-    assert proxy.logged('/artifacts/1/audited.txt HTTP/1.1" 403')
+    # A request's audit line is written just after its response, before its access line: wait for both access lines.
+    assert proxy.logged('"PUT /api/2.0/mlflow-artifacts/artifacts/1/audited.txt HTTP/1.1" 200')
+    assert proxy.logged('"DELETE /api/2.0/mlflow-artifacts/artifacts/1/audited.txt HTTP/1.1" 403')
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     allowed = [entry for entry in lines if entry["path"] == "1/audited.txt" and entry["op"] == "write"]
     denied = [entry for entry in lines if entry["path"] == "1/audited.txt" and entry["op"] == "delete"]
@@ -172,7 +175,8 @@ def test_rules_reload_without_restart(tmp_path: Path) -> None:
         assert httpx.put(url, content=b"x", headers=WHO["bob"]).status_code == 403
         config.write_text(config.read_text() + '\n[[rules]]\nprefix = "3"\nwrite = ["bob"]\n')
         os.utime(config, (os.path.getmtime(config) + 5,) * 2)
-        deadline = time.monotonic() + 5
+        # The service looks at the file at most once a second: poll, with a deadline that is only a safety net.
+        deadline = time.monotonic() + PATIENCE
         while httpx.put(url, content=b"x", headers=WHO["bob"]).status_code != 200:
             assert time.monotonic() < deadline, "the new rule was not picked up"
             time.sleep(0.1)
@@ -258,12 +262,19 @@ def test_create_only_with_if_none_match(plain: Proxy) -> None:
 def test_create_only_under_concurrency_lets_exactly_one_writer_win(plain: Proxy) -> None:
     url = plain.artifact_url("once/raced.bin")
     bodies = [bytes([i]) * (200_000 + i) for i in range(16)]
+    release = threading.Event()
 
     def attempt(body: bytes) -> int:
-        return httpx.put(url, content=body, headers={"If-None-Match": "*"}, timeout=60).status_code
+        headers = {"If-None-Match": "*", "Content-Length": str(len(body))}
+        return httpx.put(url, content=held_body(body, 64 * 1024, release), headers=headers, timeout=60).status_code
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        statuses = list(pool.map(attempt, bodies))
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        futures = [pool.submit(attempt, body) for body in bodies]
+        try:
+            plain.wait_in_flight(len(bodies))  # all 16 are mid-body together: none has created the file yet
+        finally:
+            release.set()
+        statuses = [future.result() for future in futures]
     assert sorted(statuses) == [200] + [409] * 15
     assert httpx.get(url).content == bodies[statuses.index(200)]
 

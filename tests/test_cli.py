@@ -11,7 +11,7 @@ import pytest
 
 from app import __version__
 from app.settings import Settings
-from tests.servers import free_port, http_ok, start_process, stop_process, wait_until
+from tests.servers import STARTUP_TIMEOUT, free_port, http_ok, start_process, stop_process, wait_until
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -67,7 +67,7 @@ def test_mlflow_style_command_line_with_static_prefix(tmp_path: Path) -> None:
     process = start_process(args, tmp_path / "log.txt")
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until(http_ok(f"{base}/mlflow/health"), 30, "artifact-proxy", process)
+        wait_until(http_ok(f"{base}/mlflow/health"), STARTUP_TIMEOUT, "artifact-proxy", process)
         url = f"{base}/mlflow/api/2.0/mlflow-artifacts/artifacts/x/y.txt"
         assert httpx.put(url, content=b"prefixed").status_code == 200
         assert httpx.get(url).content == b"prefixed"

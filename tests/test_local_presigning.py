@@ -1,28 +1,16 @@
-"""Self-signed URLs on the local destination: expiry, the secret's rules, and staging cleanup."""
+"""Self-signed URLs on the local destination: the secret's rules and staging cleanup; expiry is in
+test_presigned_expiry.py."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.servers import free_port
 from tests.utils.proxy import running_proxy
-
-
-def test_expired_urls_are_refused(tmp_path: Path) -> None:
-    env = {"ARTIFACT_PROXY_PRESIGNED_DOWNLOAD_TTL": "1"}
-    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
-        httpx.put(proxy.artifact_url("f.txt"), content=b"fresh").raise_for_status()
-        signed = httpx.get(f"{proxy.api}/presigned/f.txt").json()
-        assert httpx.get(signed["url"]).content == b"fresh"
-        time.sleep(2.1)
-        expired = httpx.get(signed["url"])
-        assert expired.status_code == 403
-        assert expired.json() == {"error_code": "PERMISSION_DENIED", "message": "This URL has expired"}
 
 
 def test_without_a_secret_presigning_is_off_and_says_so(tmp_path: Path) -> None:

@@ -7,13 +7,15 @@ import os
 import shutil
 import signal
 import socket
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
 from tests.utils.proxy import running_proxy
+from tests.utils.raw_http import read_head, read_response
+
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 
 
 def test_metrics_count_requests_and_bytes_across_workers(tmp_path: Path) -> None:
@@ -21,7 +23,11 @@ def test_metrics_count_requests_and_bytes_across_workers(tmp_path: Path) -> None
         for i in range(6):
             httpx.put(proxy.artifact_url(f"m/{i}.bin"), content=b"x" * 1000).raise_for_status()
         httpx.get(proxy.artifact_url("m/missing.bin"))
-        text = httpx.get(f"{proxy.url}/metrics").text
+        # A request is counted just after its response is sent, together with its access line: wait for the lines.
+        for i in range(6):
+            assert proxy.logged(f'"PUT {ARTIFACTS}/m/{i}.bin HTTP/1.1" 200')
+        assert proxy.logged(f'"GET {ARTIFACTS}/m/missing.bin HTTP/1.1" 404')
+        text = proxy.metrics()
         puts = [
             line
             for line in text.splitlines()
@@ -54,9 +60,9 @@ def test_ready_reports_an_unusable_store(tmp_path: Path) -> None:
 def test_json_access_log(tmp_path: Path) -> None:
     with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", extra_args=["--log-format", "json"]) as proxy:
         httpx.put(proxy.artifact_url("j/a.txt"), content=b"12345").raise_for_status()
-        assert proxy.logged('"PUT /api/2.0/mlflow-artifacts/artifacts/j/a.txt')
+        assert proxy.logged(f'"PUT {ARTIFACTS}/j/a.txt')
         lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
-        access = [line for line in lines if line.get("path") == "/api/2.0/mlflow-artifacts/artifacts/j/a.txt"]
+        access = [line for line in lines if line.get("path") == f"{ARTIFACTS}/j/a.txt"]
         assert access[0]["status"] == 200
         assert access[0]["bytes_in"] == 5
         assert access[0]["method"] == "PUT"
@@ -70,18 +76,17 @@ def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> No
         body = os.urandom(4 * 1024 * 1024)
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(
-                f"PUT /api/2.0/mlflow-artifacts/artifacts/g/in-flight.bin HTTP/1.1\r\nHost: x\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                f"PUT {ARTIFACTS}/g/in-flight.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                 + body[: 1024 * 1024]
             )
-            time.sleep(0.3)
+            proxy.wait_in_flight(1)  # the upload is inside the app, a quarter of its body sent
             pid = int(proxy.log().split("Started server process [", 1)[1].split("]", 1)[0])
             os.kill(pid, signal.SIGTERM)
-            time.sleep(0.5)
+            # uvicorn says so once it has stopped accepting and is waiting for our connection.
+            assert proxy.logged("Waiting for connections to close"), proxy.log()[-3000:]
             sock.sendall(body[1024 * 1024 :])
-            sock.settimeout(20)
-            reply = sock.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 200")
+            reply = read_response(sock, "PUT")
+        assert reply.status == 200, reply
         assert (root / "g" / "in-flight.bin").read_bytes() == body
 
 
@@ -112,13 +117,16 @@ def test_a_download_stops_reading_storage_when_the_client_goes_away(tmp_path: Pa
     with running_proxy(str(root), tmp_path / "proxy") as proxy:
         host, port = urlsplit(proxy.url).netloc.split(":")
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"GET /api/2.0/mlflow-artifacts/artifacts/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-            sock.recv(1024 * 1024)
-        time.sleep(2)
-        metrics = httpx.get(f"{proxy.url}/metrics").text
+            sock.sendall(f"GET {ARTIFACTS}/big.bin HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            response = read_head(sock)
+            assert response.status == 200 and int(response.headers["content-length"]) == size
+            assert len(response.read(1024 * 1024)) == 1024 * 1024  # a little of the body, then hang up
+            response.close()
+        # The download's bytes are counted when it ends, with its access line: wait for that line.
+        assert proxy.logged(f'"GET {ARTIFACTS}/big.bin HTTP/1.1" 200')
         sent = [
             line
-            for line in metrics.splitlines()
+            for line in proxy.metrics().splitlines()
             if line.startswith('artifact_proxy_bytes_sent_total{route="artifact"}')
         ]
-        assert float(sent[0].rsplit(" ", 1)[1]) < size / 4
+        assert 1024 * 1024 <= float(sent[0].rsplit(" ", 1)[1]) < size / 4

@@ -37,6 +37,8 @@ ARTIFACT_API = "/api/2.0/mlflow-artifacts/artifacts"
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 # Its job runner (7 huey consumer processes) doubles start-up and shutdown time; nothing here uses server jobs.
 NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# deploy/stack.sh gives each of its 4 processes 20 s to stop before it kills it: wait longer than all of that.
+STACK_STOP_TIMEOUT = 4 * 20 + 40
 
 
 def mlflow_bin(name: str) -> str:
@@ -261,7 +263,7 @@ def test_stack_script_serves_the_topology_and_ctrl_c_stops_it(tmp_path: Path) ->
             listed = http.get(f"{api}/artifacts/list", params={"run_id": run["run_id"]}).json()
             assert [f["path"] for f in listed["files"]] == ["hello.txt"]
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        assert process.wait(timeout=STACK_STOP_TIMEOUT) == 130
         output = log_path.read_text(errors="replace")
         assert "stack: stopped" in output
         assert all(port_is_free(port) for port in ports.values()), "a process of the stack is still listening"
@@ -273,5 +275,5 @@ def test_stack_script_serves_the_topology_and_ctrl_c_stops_it(tmp_path: Path) ->
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
-            process.wait(timeout=60)
+            process.wait(timeout=STACK_STOP_TIMEOUT)
         shutil.rmtree(stack_dir, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.servers.s3 import restart_seaweedfs, seaweedfs_server, stop_seaweedfs
-from tests.utils.proxy import running_proxy
+from tests.utils.proxy import PATIENCE, running_proxy
 
 MiB = 1024 * 1024
 
@@ -30,9 +30,8 @@ def test_store_stopped_mid_upload_then_back(tmp_path: Path) -> None:
         def body() -> Iterator[bytes]:
             for i in range(64):  # 64 MiB, streamed; the store disappears after 20 MiB
                 if i == 20:
-                    stop_seaweedfs(store.process)
+                    stop_seaweedfs(store.process)  # returns once the process has exited: the store is gone
                     stopped.set()
-                    time.sleep(0.5)
                 yield os.urandom(MiB)
 
         response = httpx.put(url, content=body(), timeout=120)
@@ -45,7 +44,7 @@ def test_store_stopped_mid_upload_then_back(tmp_path: Path) -> None:
         assert httpx.get(f"{proxy.url}/ready", timeout=30).status_code == 503
 
         restart_seaweedfs(store, tmp_path / "s3")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + PATIENCE  # only a safety net; recovery is polled for
         while httpx.get(f"{proxy.url}/ready", timeout=30).status_code != 200:
             assert time.monotonic() < deadline, "the proxy did not recover when the store came back"
             time.sleep(0.5)

@@ -31,8 +31,12 @@ class AzureSigning(AzureClient):
     """The MultipartUploads and PresignedDownloads capabilities of AzureBlobStore."""
 
     # signing -------------------------------------------------------------------------------------------------------
+    def _now(self) -> datetime:
+        """The signing clock (tests move it to get an already-expired SAS without waiting)."""
+        return datetime.now(UTC)
+
     async def _sas(self, path: ArtifactPath, perm: str, ttl: int, unsupported: type[Exception], **extra: str) -> str:
-        now = datetime.now(UTC)
+        now = self._now()
         start, expiry = now - timedelta(minutes=5), now + timedelta(seconds=ttl)  # start earlier: clock skew
         common: dict[str, Any] = {"permission": BlobSasPermissions.from_string(perm), "start": start, "expiry": expiry}
         common.update(extra)

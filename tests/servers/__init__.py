@@ -16,6 +16,9 @@ from pathlib import Path
 import httpx
 
 VENV_BIN = Path(sys.executable).parent
+# How long a server may take to start. A deadline, not a delay: on a fully loaded 2-core CI machine a Python or
+# Node server can take many seconds to import and listen, so it is generous.
+STARTUP_TIMEOUT = 60.0
 
 
 @dataclass
@@ -64,7 +67,7 @@ def wait_until(
 
 def http_ok(url: str, accept: tuple[int, ...] = (200,)) -> Callable[[], bool]:
     def check() -> bool:
-        return httpx.get(url, timeout=2).status_code in accept
+        return httpx.get(url, timeout=10).status_code in accept
 
     return check
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
-from tests.servers import StorageServer, free_port, stop_process, wait_until
+from tests.servers import STARTUP_TIMEOUT, StorageServer, free_port, stop_process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
@@ -53,7 +53,7 @@ def start_azurite(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     with open(workdir / f"azurite-{port}.log", "ab") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     try:
-        wait_until(lambda: _create_container(port), timeout=30, what="azurite", process=process)
+        wait_until(lambda: _create_container(port), timeout=STARTUP_TIMEOUT, what="azurite", process=process)
     except BaseException:
         stop_process(process)
         raise

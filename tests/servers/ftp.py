@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import logging
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.servers import StorageServer, free_port, stop_process, wait_until
+from tests.servers import STARTUP_TIMEOUT, StorageServer, free_port, stop_process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "tester", "s3cret-pass"
@@ -49,8 +50,9 @@ def write_certificate(directory: Path) -> Path:
 
 
 def _greets(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-        return sock.recv(64).startswith(b"220")
+    # The whole greeting line, never one recv: a reply may arrive in pieces.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rb") as reply:
+        return reply.readline(1024).startswith(b"220")
 
 
 def start_ftp(
@@ -65,7 +67,7 @@ def start_ftp(
     with open(log_dir / f"ftp-{port}.log", "ab") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
     try:
-        wait_until(lambda: _greets(port), 15, "ftp server", process)
+        wait_until(lambda: _greets(port), STARTUP_TIMEOUT, "ftp server", process)
     except BaseException:
         stop_process(process)
         raise
@@ -92,6 +94,26 @@ def ftp_server(tmp_dir: Path, tls: bool = False, mlsx: bool = True) -> Iterator[
 
 
 # The server process ---------------------------------------------------------------------------------------------
+def _naming_write_errors(base: type) -> type:
+    """pyftpdlib aborts a failed STOR with "426 None; transfer aborted." (it reads errno off a wrapper that has none);
+    real servers name the cause ("No space left on device"), and so does this one."""
+    from pyftpdlib.exceptions import _FileReadWriteError  # type: ignore[import-untyped]
+
+    class NamingWriteErrors(base):  # type: ignore[misc, valid-type]
+        def handle_error(self) -> None:
+            try:
+                raise  # noqa: PLE0704 - pyftpdlib calls this while handling the error
+            except _FileReadWriteError as err:
+                cause = err.__cause__
+                reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else "Write error"
+                self._resp = (f"426 {reason}; transfer aborted.", logging.getLogger("pyftpdlib").warning)
+                self.close()
+            except Exception:
+                super().handle_error()
+
+    return NamingWriteErrors
+
+
 def main() -> None:
     from pyftpdlib.authorizers import DummyAuthorizer  # type: ignore[import-untyped]
     from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler  # type: ignore[import-untyped]
@@ -114,6 +136,7 @@ def main() -> None:
     if options.no_mlsx:
         commands = {name: spec for name, spec in handler.proto_cmds.items() if name not in ("MLSD", "MLST")}
         handler = type("NoMLSxHandler", (handler,), {"proto_cmds": commands})
+    handler.dtp_handler = _naming_write_errors(handler.dtp_handler)
     handler.authorizer = authorizer
     handler.auth_failed_timeout = 0.1  # pyftpdlib stalls a failed login for 3 s; tests of refusals need no stall
     handler.permit_foreign_addresses = False

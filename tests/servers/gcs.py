@@ -17,7 +17,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.servers import StorageServer, free_port, http_ok, stop_process, wait_until
+from tests.servers import STARTUP_TIMEOUT, StorageServer, free_port, http_ok, stop_process, wait_until
 
 BUCKET = "artifacts"
 PREFIX = "proxy"
@@ -75,7 +75,7 @@ def start_fake_gcs(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     ]
     with open(log_path, "wb") as log:  # the child keeps its own descriptor; ours closes here
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_until(http_ok(f"{endpoint}/storage/v1/b"), 15, "fake-gcs-server", process)
+    wait_until(http_ok(f"{endpoint}/storage/v1/b"), STARTUP_TIMEOUT, "fake-gcs-server", process)
     return process
 
 

@@ -13,7 +13,15 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from tests.servers import StorageServer, find_binary, free_port, start_process, stop_process, wait_until
+from tests.servers import (
+    STARTUP_TIMEOUT,
+    StorageServer,
+    find_binary,
+    free_port,
+    start_process,
+    stop_process,
+    wait_until,
+)
 
 ACCESS_KEY = "artifact-proxy-test"
 SECRET_KEY = "artifact-proxy-test-secret"
@@ -115,7 +123,7 @@ def start_seaweedfs(args: list[str], log_path: Path) -> tuple[str, subprocess.Po
     # TMPDIR: glog writes its log files there (default /tmp).
     process = start_process(args, log_path, env={"TMPDIR": str(log_path.parent)})
     try:
-        wait_until(lambda: _bucket_ready(endpoint), 30, "SeaweedFS", process)
+        wait_until(lambda: _bucket_ready(endpoint), STARTUP_TIMEOUT, "SeaweedFS", process)
     except BaseException:
         stop_seaweedfs(process)
         raise
@@ -164,7 +172,7 @@ def moto_server(tmp_dir: Path) -> Iterator[StorageServer]:
             boto3_client(endpoint).create_bucket(Bucket=BUCKET)
             return True
 
-        wait_until(create_bucket, 30, "moto_server", process)
+        wait_until(create_bucket, STARTUP_TIMEOUT, "moto_server", process)
         yield StorageServer("moto", f"s3://{BUCKET}/{PREFIX}", s3_env(endpoint), endpoint, process)
     finally:
         stop_process(process)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncssh
 
-from tests.servers import StorageServer, free_port, stop_process, wait_until
+from tests.servers import STARTUP_TIMEOUT, StorageServer, free_port, stop_process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USER = "tester"
@@ -65,8 +65,9 @@ def proxy_env(files: SFTPFiles) -> dict[str, str]:
 
 
 def _banner(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-        return sock.recv(64).startswith(b"SSH-2.0-")
+    # The whole identification line, never one recv: it may arrive in pieces.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rb") as banner:
+        return banner.readline(1024).startswith(b"SSH-2.0-")
 
 
 def start_sftp(root: Path, port: int, files: SFTPFiles, password: str | None = None) -> subprocess.Popen[bytes]:
@@ -90,7 +91,7 @@ def start_sftp(root: Path, port: int, files: SFTPFiles, password: str | None = N
     with open(files.directory / f"sftp-{port}.log", "ab") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
     try:
-        wait_until(lambda: _banner(port), 15, "sftp server", process)
+        wait_until(lambda: _banner(port), STARTUP_TIMEOUT, "sftp server", process)
     except BaseException:
         stop_process(process)
         raise

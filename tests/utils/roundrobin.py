@@ -4,7 +4,7 @@ several artifact-proxy replicas.
 Each request (not each connection) goes to the next backend, so two requests on one keep-alive connection land on
 different replicas. Bodies stream both ways in 64 KiB pieces (Content-Length or chunked), the client's Host header is
 kept (like nginx `proxy_set_header Host $host`), and X-Forwarded-For/-Proto are added. `hits` records which backend
-served what.
+served what, before the response goes back, so a client that has its response always finds the hit.
 """
 
 from __future__ import annotations
@@ -90,10 +90,11 @@ class _Handler(BaseHTTPRequestHandler):
             upstream.close()
             self._bad_gateway(index, exc)
             return
+        # Recorded before the client gets a byte: once it has the response, the hit is there to see.
+        self.server.balancer.hits.append(Hit(self.command, self.path, index, response.status))
         try:
             self._send_response(response)
         finally:
-            self.server.balancer.hits.append(Hit(self.command, self.path, index, response.status))
             upstream.close()
 
     def _send_request(self, upstream: http.client.HTTPConnection) -> None:
