@@ -76,6 +76,8 @@ def test_permission_errors_are_503_naming_the_operators_problem_and_count_as_sto
                 assert "permission denied" in response.json()["message"].lower()
                 assert "operator" in response.json()["message"]
                 assert response.headers["retry-after"]
+            # Metrics are recorded just after each response, with its access line: wait for the last one first.
+            assert proxy.logged('"DELETE /api/2.0/mlflow-artifacts/artifacts/p/locked/inside.txt HTTP/1.1" 503')
             assert metric(proxy, 'artifact_proxy_store_errors_total{status="503"}') == len(refused)
             assert httpx.get(proxy.artifact_url("p/missing.txt")).status_code == 404  # still serving
             assert "Traceback" not in proxy.log()

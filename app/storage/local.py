@@ -207,17 +207,26 @@ class LocalStore:
             self._dir.close()
 
     async def check_ready(self) -> None:
-        ok, free = await anyio.to_thread.run_sync(self._readiness)
-        if not ok:
-            raise StorageUnavailable(f"The artifact directory {self.root} is not writable")
+        problem, free = await anyio.to_thread.run_sync(self._readiness)
+        if problem:
+            raise StorageUnavailable(f"The artifact directory {self.root} {problem}")
         if free < self.settings.min_free_bytes:
             raise StorageUnavailable(
                 f"The artifact directory {self.root} has {free} bytes free, under ARTIFACT_PROXY_MIN_FREE_BYTES "
                 f"({self.settings.min_free_bytes})"
             )
 
-    def _readiness(self) -> tuple[bool, int]:
-        return os.access(self._real_root, os.W_OK | os.X_OK), self._free_bytes()
+    def _readiness(self) -> tuple[str | None, int]:
+        """What is wrong with the root (None: nothing), and its free bytes."""
+        try:
+            named, held = os.stat(self._real_root), os.fstat(self.dir.fd)
+        except OSError as exc:
+            return f"is gone ({exc.strerror})", 0
+        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            return "was removed or replaced while the service was running: restart it", 0
+        if not os.access(self._real_root, os.W_OK | os.X_OK):
+            return "is not writable", 0
+        return None, self._free_bytes()
 
     def _free_bytes(self) -> int:
         st = os.statvfs(self._real_root)
