@@ -1,5 +1,5 @@
 """A full destination is 507 (final: the MLflow client does not retry it), keeps the previous version, leaves nothing
-partial and gives the space back: on a local directory, and on SFTP and FTP servers whose disk is full.
+partial and gives the space back: on a local directory, and on an SFTP server whose disk is full.
 
 Each destination lives on a 64 MiB filesystem of its own (tmpfs), so the full disk is real and nothing else fills."""
 
@@ -20,22 +20,22 @@ import pytest
 from app.paths import TEMP_PREFIX
 from tests.conftest import local_server
 from tests.servers import StorageServer
-from tests.servers.ftp import ftp_server
 from tests.servers.sftp import sftp_server
 from tests.utils.proxy import running_proxy
 from tests.utils.raw_http import read_response
 
 MiB = 1024 * 1024
+# FTP is left to tests/test_storage_ftp.py's reply mapping: pyftpdlib sometimes resets the connection before its
+# "426 No space left on device" reaches us, and then there is nothing to tell a full disk from a network fault.
 SERVERS: dict[str, Callable[[Path], AbstractContextManager[StorageServer]]] = {
     "local": local_server,
     "sftp": sftp_server,
-    "ftp": ftp_server,
 }
 
 
 # Where each test server keeps its files under the directory it is given: only that is on the small disk, so the
 # servers' own logs and keys are not starved of space.
-STORE_DIR = {"local": "artifacts", "sftp": "sftp-root", "ftp": "ftp-root"}
+STORE_DIR = {"local": "artifacts", "sftp": "sftp-root"}
 
 
 @contextmanager

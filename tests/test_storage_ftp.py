@@ -274,3 +274,28 @@ async def test_start_with_the_server_down_serves_503_until_it_is_up(tmp_path: Pa
             assert await ftp.list(p("")) == []
         finally:
             await ftp.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        ("452", "Insufficient storage space"),
+        ("552", "Exceeded storage allocation"),
+        ("426", "No space left on device; transfer aborted."),  # pyftpdlib, ProFTPD
+        ("451", "Disk quota exceeded"),
+    ],
+)
+def test_a_full_disk_reply_is_507(code: str, text: str) -> None:
+    from app.errors import InsufficientStorage
+    from app.storage.ftp_errors import map_error
+
+    reply = aioftp.StatusCodeError(aioftp.Code("2xx"), aioftp.Code(code), [f" {text}"])
+    mapped = map_error(reply, "writing", "m/model.bin")
+    assert isinstance(mapped, InsufficientStorage) and mapped.status_code == 507
+
+
+def test_other_transient_replies_stay_503() -> None:
+    from app.storage.ftp_errors import map_error
+
+    reply = aioftp.StatusCodeError(aioftp.Code("2xx"), aioftp.Code("426"), [" Connection closed; transfer aborted."])
+    assert map_error(reply, "writing", "m/model.bin").status_code == 503
