@@ -392,7 +392,8 @@ class LocalStore:
             try:
                 return os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd), None
             except OSError as exc:
-                if exc.errno not in _NO_TMPFILE:
+                # ENOENT also means the directory was deleted under us (no links left): not a missing feature.
+                if exc.errno not in _NO_TMPFILE or (exc.errno == errno.ENOENT and os.fstat(dir_fd).st_nlink == 0):
                     raise
                 self._tmpfile = False  # e.g. NFS: named temporary files from now on
         name = f"{TEMP_PREFIX}{secrets.token_hex(16)}"
