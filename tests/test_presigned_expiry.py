@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import secrets
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,14 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import botocore.auth
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from app.paths import canonical_path
-from app.settings import Settings
 from app.signing import UrlSigner
-from app.storage.azure import AzureBlobStore, AzureConfig
+from app.storage.azure import AzureBlobStore
 from app.storage.base import PresignedUrl
 from app.storage.s3 import S3Store
+from tests.contract.stores import BACKENDS, fresh_prefix
 from tests.servers import StorageServer
-from tests.servers.azure import azurite_server
-from tests.servers.s3 import seaweedfs_server
 from tests.utils.proxy import running_proxy
 from tests.utils.streams import stream
 
@@ -75,24 +72,27 @@ def test_expired_local_urls_are_refused(tmp_path: Path) -> None:
         assert httpx.get(proxy.artifact_url("d/m.bin")).content == b"in time"
 
 
-# S3 (SeaweedFS checks SigV4 and its expiry) ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
-    with seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture
-async def s3(seaweed: StorageServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[S3Store]:
-    for name, value in seaweed.env.items():
-        monkeypatch.setenv(name, value)
-    destination = f"{seaweed.destination}/{uuid.uuid4().hex[:12]}"
-    store = S3Store(destination, Settings(artifacts_destination=destination))
+@asynccontextmanager
+async def contract_store(
+    name: str, servers: Callable[[str], StorageServer], env: pytest.MonkeyPatch
+) -> AsyncIterator[Any]:
+    """A started store of the contract suite's, on its shared session server, under a fresh prefix."""
+    spec = next(backend for backend in BACKENDS if backend.name == name)
+    store = spec.make(servers(name), fresh_prefix(), env)
     await store.start()
     try:
         yield store
     finally:
         await store.close()
+
+
+# S3 (SeaweedFS checks SigV4 and its expiry) ---------------------------------------------------------------------
+@pytest.fixture
+async def s3(
+    storage_server_for: Callable[[str], StorageServer], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[S3Store]:
+    async with contract_store("s3", storage_server_for, monkeypatch) as store:
+        yield store
 
 
 async def test_expired_s3_presigned_download_is_refused(s3: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,24 +134,12 @@ async def assert_only_the_stale_url_is_refused(fresh: PresignedUrl, lasting: Pre
 
 
 # Azure (Azurite checks SAS signatures and their expiry) ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
-    with azurite_server(tmp_path_factory.mktemp("azurite")) as server:
-        yield server
-
-
 @pytest.fixture
-async def azure(azurite: StorageServer) -> AsyncIterator[AzureBlobStore]:
-    destination = f"{azurite.destination}/{uuid.uuid4().hex[:12]}"
-    config = AzureConfig(
-        connection_string=SecretStr(azurite.env["AZURE_STORAGE_CONNECTION_STRING"]), max_retries=0, retry_backoff=0
-    )
-    store = AzureBlobStore(destination, Settings(), config)
-    await store.start()
-    try:
+async def azure(
+    storage_server_for: Callable[[str], StorageServer], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AzureBlobStore]:
+    async with contract_store("azure", storage_server_for, monkeypatch) as store:
         yield store
-    finally:
-        await store.close()
 
 
 async def test_expired_azure_sas_download_is_refused(azure: AzureBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -193,8 +193,7 @@ BACKENDS = [
     Backend("azure", AZURE_BLOCK, BOTH, BOTH, "checked", False, 40, _azure, _azure_names),
     Backend("sftp", UPLOAD_CHUNK, BOTH, BOTH, "snapshot", True, 100, _sftp, _sftp_names),
     # FTP cannot rename only-if-absent: create-only is a check just before the rename, which a racer can beat.
-    # Reads are by name at each RETR: an overwrite after open_read sends the new bytes under the opened version's
-    # metadata, so FTP fails the read-isolation tests until a RETR is checked against the opened version.
+    # Reads are by name at each RETR: the store checks the file is still the opened version before the last block.
     Backend("ftp", UPLOAD_CHUNK, BOTH, frozenset(), "checked", True, 100, _ftp, _ftp_names),
 ]
 
