@@ -3,8 +3,8 @@
 Who: HTTP Basic against salted PBKDF2 password hashes, bearer tokens (stored as SHA-256), or identity headers set by
 a trusted fronting proxy. What: rules per canonical path prefix grant `read`, `write` or `delete` (each implies the
 weaker ones) to users, `group:<name>` or `*` (any authenticated caller). The most specific matching prefix decides;
-no matching rule denies. Rules are checked against the same canonical path the handler uses. The file is re-read
-when it changes, without a restart.
+no matching rule denies. Rules are checked against the same canonical path the handler uses, and against where a
+link in a local destination leads. The file is re-read when it changes, without a restart.
 
 ```toml
 [users.alice]
@@ -12,9 +12,11 @@ password = "pbkdf2_sha256$600000$<salt>$<hash>"   # artifact-proxy hash-password
 groups = ["ml"]
 tokens = ["sha256:<hex>"]                           # artifact-proxy hash-token
 
-[trusted_headers]            # optional: identity from an ingress doing OIDC
-user = "X-Forwarded-User"
+[trusted_headers]            # optional: identity from an ingress doing OIDC, believed only from
+user = "X-Forwarded-User"    # ARTIFACT_PROXY_TRUSTED_PROXIES and only without an Authorization header
 groups = "X-Forwarded-Groups"
+any_user = false             # true: any name the ingress sends; false (default): only the users above
+accept_groups = ["ml"]       # groups the header may grant (["*"]: any); by default it grants none
 
 [[rules]]
 prefix = ""                  # the whole store
@@ -31,23 +33,21 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import os
-import secrets
 import time
 import tomllib
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
-import anyio.to_thread
 from starlette.requests import Request
 
-from app.errors import ArtifactProxyError, PermissionDenied
+from app.errors import ArtifactProxyError, InvalidParameter, PermissionDenied
 from app.metrics import AUDIT_KEY
+from app.passwords import PBKDF2_ITERATIONS, PasswordChecker, iterations_of, unknown_user_hash
 from app.paths import ArtifactPath
+from app.proxies import TrustedProxies, peer_of
 
-PBKDF2_ITERATIONS = 600_000
 VERIFIED_TTL = 300.0  # seconds a verified Basic credential is remembered, so PBKDF2 runs once, not per request
 
 
@@ -97,6 +97,9 @@ class AuthConfig:
     rules: list[Rule] = field(default_factory=list)
     user_header: str | None = None
     groups_header: str | None = None
+    any_user: bool = False
+    accept_groups: frozenset[str] = frozenset()
+    unknown_user_hash: str = field(default_factory=unknown_user_hash)
 
     @classmethod
     def load(cls, path: str) -> AuthConfig:
@@ -116,12 +119,16 @@ class AuthConfig:
             for rule in raw.get("rules", [])
         ]
         headers = raw.get("trusted_headers", {})
+        iterations = [iterations_of(str(entry.get("password", ""))) for entry in users.values()]
         return cls(
             users,
             tokens,
             sorted(rules, key=lambda r: len(r.prefix), reverse=True),
             headers.get("user"),
             headers.get("groups"),
+            headers.get("any_user") is True,
+            frozenset(_strings(headers.get("accept_groups"))),
+            unknown_user_hash(max((n for n in iterations if n), default=PBKDF2_ITERATIONS)),
         )
 
     def groups_of(self, user: str) -> frozenset[str]:
@@ -133,23 +140,6 @@ def _strings(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else []
 
 
-def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    return f"pbkdf2_sha256${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    try:
-        scheme, iterations, salt, expected = encoded.split("$")
-        if scheme != "pbkdf2_sha256":
-            return False
-        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
-        return hmac.compare_digest(digest, base64.b64decode(expected))
-    except (ValueError, binascii.Error):
-        return False
-
-
 def hash_token(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
@@ -157,8 +147,15 @@ def hash_token(token: str) -> str:
 class Authenticator:
     """Holds the current config (reloaded when its file changes) and answers `authorize`."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        trusted_proxies: TrustedProxies | None = None,
+        passwords: PasswordChecker | None = None,
+    ) -> None:
         self.config_path = config_path
+        self.trusted_proxies = trusted_proxies or TrustedProxies([])
+        self.passwords = passwords or PasswordChecker()
         self._mtime = -1.0
         self._checked = 0.0
         self._config = AuthConfig()
@@ -184,29 +181,56 @@ class Authenticator:
 
     async def principal(self, request: Request) -> Principal:
         config = self.config()
-        if config.user_header and (user := request.headers.get(config.user_header)):
-            raw_groups = request.headers.get(config.groups_header or "", "")
-            groups = {g.strip() for g in raw_groups.split(",") if g.strip()} | set(config.groups_of(user))
-            return Principal(user, frozenset(groups))
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        authorization = request.headers.getlist("authorization")
+        if len(authorization) > 1:
+            raise Unauthenticated("More than one Authorization header")
+        # Credentials the client presents win: an identity header can never stand in for, or beat, them.
+        scheme, _, credentials = (authorization[0] if authorization else "").partition(" ")
         if scheme.lower() == "bearer" and credentials:
             user = config.tokens.get(hash_token(credentials.strip())[7:])
             if user is None:
                 raise Unauthenticated("Invalid token")
             return Principal(user, config.groups_of(user))
         if scheme.lower() == "basic" and credentials:
-            return await self._basic(config, credentials.strip())
+            return await self._basic(config, credentials.strip(), request)
+        if config.user_header and config.user_header in request.headers:
+            return self._from_proxy(config, request)
         raise Unauthenticated()
 
-    async def _basic(self, config: AuthConfig, credentials: str) -> Principal:
+    def _from_proxy(self, config: AuthConfig, request: Request) -> Principal:
+        """The identity an ingress vouches for, from one of our proxies only, as the config allows."""
+        assert config.user_header is not None
+        if peer_of(request.scope) not in self.trusted_proxies:
+            raise Unauthenticated(
+                f"{config.user_header} is accepted only from the proxies in ARTIFACT_PROXY_TRUSTED_PROXIES"
+            )
+        names = request.headers.getlist(config.user_header)
+        if len(names) != 1 or not names[0].strip():
+            raise Unauthenticated(f"Expected exactly one non-empty {config.user_header} header")
+        user = names[0].strip()
+        if not config.any_user and user not in config.users:
+            raise Unauthenticated(f"Unknown user '{user}'")
+        groups = set(config.groups_of(user))
+        if config.groups_header:
+            values = request.headers.getlist(config.groups_header)
+            if len(values) > 1:
+                raise InvalidParameter(f"Expected at most one {config.groups_header} header")
+            sent = {g.strip() for g in (values[0] if values else "").split(",") if g.strip()}
+            groups |= sent if "*" in config.accept_groups else sent & config.accept_groups
+        return Principal(user, frozenset(groups))
+
+    async def _basic(self, config: AuthConfig, credentials: str, request: Request) -> Principal:
         try:
-            user, _, password = base64.b64decode(credentials).decode("utf-8").partition(":")
+            user, _, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
         except (ValueError, binascii.Error) as exc:
             raise Unauthenticated("Malformed Basic credentials") from exc
         key = (user, hashlib.sha256(password.encode()).hexdigest())
         if self._verified.get(key, 0) < time.monotonic():
-            encoded = str(config.users.get(user, {}).get("password", ""))
-            if not encoded or not await anyio.to_thread.run_sync(verify_password, password, encoded):
+            # Remembered credentials skip this, so an attacker's failures never lock out a user already in.
+            encoded = config.users.get(user, {}).get("password")
+            client = (request.scope.get("client") or ("-",))[0]
+            known = str(encoded) if encoded else None
+            if not await self.passwords.check(client, password, known, config.unknown_user_hash):
                 raise Unauthenticated("Invalid username or password")
             self._verified[key] = time.monotonic() + VERIFIED_TTL
         return Principal(user, config.groups_of(user))

@@ -101,7 +101,7 @@ async def _preflight(store: ArtifactStore) -> None:
 @click.password_option()
 def hash_password_command(password: str) -> None:
     """Print a salted PBKDF2 hash for the `password` field of an --auth-config user."""
-    from app.auth import hash_password
+    from app.passwords import hash_password
 
     click.echo(hash_password(password))
 
@@ -138,6 +138,7 @@ def run(settings: Settings) -> None:
         access_log=False,  # app.metrics writes the access log, with duration and byte counts
         timeout_graceful_shutdown=settings.shutdown_grace,
         timeout_keep_alive=settings.keepalive_timeout,
+        proxy_headers=False,  # app.proxies believes forwarded headers, and only from ARTIFACT_PROXY_TRUSTED_PROXIES
     )
 
 

@@ -23,6 +23,8 @@ from app.errors import (
 )
 from app.metrics import RequestObserver, metrics_endpoint
 from app.middleware import SecurityMiddleware
+from app.passwords import PasswordChecker
+from app.proxies import ForwardedClient, TrustedProxies
 from app.routes import artifacts, meta, multipart, signed
 from app.settings import Settings
 from app.storage import open_store, redacted
@@ -57,6 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.start()
         app.state.store = store
         logger.info("serving artifacts from %s", redacted(settings.artifacts_destination))
+        authenticator = app.state.authenticator
+        if authenticator is not None and authenticator.config().user_header and not proxies:
+            logger.warning(
+                "the auth config names trusted identity headers, but ARTIFACT_PROXY_TRUSTED_PROXIES is empty: "
+                "requests carrying them are refused until it lists the ingress's addresses"
+            )
         try:
             yield
         finally:
@@ -77,7 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.state.settings = settings
-    app.state.authenticator = Authenticator(settings.auth_config) if settings.auth_config else None
+    proxies = TrustedProxies(Settings.split_list(settings.trusted_proxies))
+    app.state.authenticator = (
+        Authenticator(settings.auth_config, proxies, PasswordChecker(settings.login_failures))
+        if settings.auth_config
+        else None
+    )
     app.router.redirect_slashes = False
     for prefix in settings.api_prefixes:
         app.router.routes.extend(artifacts.routes(prefix))
@@ -91,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.metrics:
         app.router.routes.append(Route(f"{settings.static_prefix}/metrics", metrics_endpoint, methods=["GET"]))
-    app.add_middleware(RequestObserver, access_log=settings.access_log)  # outermost: sees every final status
+    app.add_middleware(RequestObserver, access_log=settings.access_log)  # sees every final status
+    app.add_middleware(ForwardedClient, proxies=proxies)  # outermost: the client address everything else logs
     return app
 
 

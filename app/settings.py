@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     auth_config: str | None = Field(None, validation_alias=_env("auth_config"))
     audit_log: str | None = Field(None, validation_alias=_env("audit_log"))  # a file path, or "-" for stdout
     forbid_overwrite: bool = Field(False, validation_alias=_env("forbid_overwrite"))
+    # Wrong passwords a client address may send before each further attempt waits (1 s, doubling, at most 5 min).
+    login_failures: int = Field(5, ge=1, validation_alias=_env("login_failures"))
+
+    # Our reverse proxies (addresses or CIDRs, comma-separated): only from these are X-Forwarded-For/-Proto and the
+    # auth config's identity headers believed. uvicorn's FORWARDED_ALLOW_IPS is accepted as the same setting.
+    trusted_proxies: str | None = Field(None, validation_alias=_env("trusted_proxies", "FORWARDED_ALLOW_IPS"))
 
     # Host allow-list and browser cross-origin policy, under MLflow's variable names (comma-separated).
     allowed_hosts: str | None = Field(None, validation_alias=_env("allowed_hosts", "MLFLOW_SERVER_ALLOWED_HOSTS"))

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
-from app.auth import hash_password, hash_token
+from app.auth import hash_token
+from app.passwords import hash_password
 from tests.utils.proxy import PATIENCE, Proxy, held_body, running_proxy
 
 PASSWORDS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw"}
@@ -40,6 +41,8 @@ groups = ["ml"]
 [trusted_headers]
 user = "X-Forwarded-User"
 groups = "X-Forwarded-Groups"
+any_user = true
+accept_groups = ["ml"]
 
 [[rules]]
 prefix = ""
@@ -68,7 +71,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proxy, P
     (root / "2").mkdir()
     (root / "2" / "private.txt").write_text("private")
     args = ["--auth-config", str(auth_config(base)), "--audit-log", str(audit)]
-    with running_proxy(str(root), base / "proxy", extra_args=args) as proxy:
+    # The tests play the ingress from 127.0.0.1, and send many wrong passwords on purpose.
+    env = {"ARTIFACT_PROXY_TRUSTED_PROXIES": "127.0.0.1", "ARTIFACT_PROXY_LOGIN_FAILURES": "1000"}
+    with running_proxy(str(root), base / "proxy", env=env, extra_args=args) as proxy:
         yield proxy, root, audit
 
 
