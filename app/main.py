@@ -22,7 +22,7 @@ from app.errors import (
     handle_validation_error,
 )
 from app.metrics import RequestObserver, metrics_endpoint
-from app.middleware import SecurityMiddleware
+from app.middleware import SecurityMiddleware, is_loopback
 from app.passwords import PasswordChecker
 from app.proxies import ForwardedClient, TrustedProxies
 from app.routes import artifacts, meta, multipart, signed
@@ -101,6 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SecurityMiddleware,
         allowed_hosts=Settings.split_list(settings.allowed_hosts),
         allowed_origins=Settings.split_list(settings.cors_allowed_origins),
+        loopback_only=is_loopback(settings.host),
+        probe_paths=frozenset(
+            {"/health", "/ready", f"{settings.static_prefix}/health", f"{settings.static_prefix}/ready"}
+        ),
     )
     if settings.metrics:
         app.router.routes.append(Route(f"{settings.static_prefix}/metrics", metrics_endpoint, methods=["GET"]))

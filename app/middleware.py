@@ -1,14 +1,23 @@
 """Pure ASGI security middleware (no BaseHTTPMiddleware: it would cost every request a task and a buffered body).
 
-As MLflow 3.x's server does: `nosniff` and `SAMEORIGIN` on every response; an optional `Host` allow-list
-(`MLFLOW_SERVER_ALLOWED_HOSTS`, against DNS rebinding); and refusal of state-changing requests from browser pages of
-other origins (`MLFLOW_SERVER_CORS_ALLOWED_ORIGINS` widens it). Programmatic clients send no `Origin` and are
-unaffected. Refusals are 403 in MLflow's error shape.
+As MLflow 3.x's server does: `nosniff` and `SAMEORIGIN` on every response; a `Host` allow-list
+(`MLFLOW_SERVER_ALLOWED_HOSTS`) against DNS rebinding; and refusal of state-changing requests from browser pages of
+other origins (`MLFLOW_SERVER_CORS_ALLOWED_ORIGINS` widens it). Beyond MLflow:
+
+- With no allow-list, a server bound to a loopback address accepts only loopback names (`localhost`, `127.0.0.1`,
+  `[::1]`, any port): a page on `rebind.attacker.example` that resolves to 127.0.0.1 is refused.
+- Exactly one `Host` header: the allow-list and the URLs we sign must see the same one.
+- A POST from another origin must say `Content-Type: application/json`: the types a page can POST without a CORS
+  preflight (text/plain, forms) are refused, so a page the origin rules let through still cannot skip the preflight.
+
+Programmatic clients send no `Origin` and are unaffected. Refusals are 403 (400 for a malformed request) in
+MLflow's error shape. The scope records whether the Host was checked: only then may signed URLs be built from it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 from urllib.parse import urlsplit
 
@@ -17,32 +26,61 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"SAMEORIGIN")]
 STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 LOCAL_ORIGIN_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+LOOPBACK_HOSTS = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[[]::1]:*"]
+HOST_CHECKED_KEY = "artifact_proxy.host_checked"  # True when the Host passed an allow-list (explicit or loopback)
 
 
 def _matches(value: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(value, p) if "*" in p else value == p for p in patterns)
+    return any(fnmatch.fnmatchcase(value, p) if "*" in p else value == p for p in patterns)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class SecurityMiddleware:
     def __init__(
-        self, app: ASGIApp, allowed_hosts: list[str] | None = None, allowed_origins: list[str] | None = None
+        self,
+        app: ASGIApp,
+        allowed_hosts: list[str] | None = None,
+        allowed_origins: list[str] | None = None,
+        loopback_only: bool = False,
+        probe_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
-        self.allowed_hosts = allowed_hosts or []
+        # Orchestrators probe by the pod's address, whatever the allow-list says; probes change nothing.
+        self.probe_paths = probe_paths
+        self.allowed_hosts = [h.lower() for h in allowed_hosts or (LOOPBACK_HOSTS if loopback_only else [])]
         self.allowed_origins = allowed_origins or []
 
-    def _refusal(self, scope: Scope) -> str | None:
+    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
+        hosts = [value for key, value in scope.get("headers", []) if key == b"host"]
+        if len(hosts) > 1:
+            return 400, "More than one Host header"
+        host = hosts[0].decode("latin-1").lower() if hosts else ""
+        if self.allowed_hosts:
+            if _matches(host, self.allowed_hosts):
+                scope[HOST_CHECKED_KEY] = True
+            elif scope["path"] not in self.probe_paths:
+                return 403, "Host header not allowed (MLFLOW_SERVER_ALLOWED_HOSTS); possible DNS rebinding"
         headers = dict(scope.get("headers", []))
-        if self.allowed_hosts and not _matches(headers.get(b"host", b"").decode("latin-1"), self.allowed_hosts):
-            return "Host header not allowed"
         origin = headers.get(b"origin", b"").decode("latin-1")
-        if origin and scope["method"] in STATE_CHANGING and not self._origin_allowed(origin, headers):
-            return "Cross-origin request refused"
+        if origin and scope["method"] in STATE_CHANGING:
+            same_origin = urlsplit(origin).netloc.lower() == host
+            if not same_origin and not self._origin_allowed(origin):
+                return 403, "Cross-origin request refused"
+            if not same_origin and scope["method"] == "POST" and not _is_json(headers.get(b"content-type", b"")):
+                return 403, "Cross-origin POST refused: send Content-Type: application/json"
         return None
 
-    def _origin_allowed(self, origin: str, headers: dict[bytes, bytes]) -> bool:
-        host = urlsplit(origin).netloc
-        if host == headers.get(b"host", b"").decode("latin-1") or urlsplit(origin).hostname in LOCAL_ORIGIN_HOSTS:
+    def _origin_allowed(self, origin: str) -> bool:
+        if urlsplit(origin).hostname in LOCAL_ORIGIN_HOSTS:
             return True
         return "*" in self.allowed_origins or _matches(origin, self.allowed_origins)
 
@@ -52,11 +90,13 @@ class SecurityMiddleware:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
-            body = json.dumps({"error_code": "PERMISSION_DENIED", "message": refusal}).encode()
+            status, message = refusal
+            code = "PERMISSION_DENIED" if status == 403 else "BAD_REQUEST"
+            body = json.dumps({"error_code": code, "message": message}).encode()
             await send(
                 {
                     "type": "http.response.start",
-                    "status": 403,
+                    "status": status,
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
@@ -73,3 +113,8 @@ class SecurityMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _is_json(content_type: bytes) -> bool:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == b"application/json" or media_type.endswith(b"+json")

@@ -15,10 +15,30 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from urllib.parse import urlencode
 
+from starlette.requests import Request
+
 from app.errors import PermissionDenied
+from app.middleware import HOST_CHECKED_KEY
 
 # The externally visible base URL of the request being served (scheme://host[:port]); URLs we sign point back here.
 current_base_url: ContextVar[str] = ContextVar("current_base_url", default="http://127.0.0.1:5000")
+
+
+def trusted_base_url(request: Request) -> str | None:
+    """Where URLs we sign should point: the configured public URL, else the address the client used, but only if its
+    Host passed an allow-list. An unchecked Host is whatever the client (or a confused proxy) wrote, and a URL built
+    from it would send the next client's bytes there."""
+    public_url: str | None = request.app.state.settings.public_url
+    if public_url:
+        return public_url.rstrip("/")
+    if request.scope.get(HOST_CHECKED_KEY):
+        return str(request.base_url).rstrip("/")
+    return None
+
+
+def signs_own_urls(store: object) -> bool:
+    """Whether the store's transfer URLs point back at this service (a local directory) rather than at storage."""
+    return getattr(store, "signer", None) is not None
 
 
 class UrlSigner:

@@ -107,7 +107,7 @@ def test_a_free_space_floor_refuses_a_put_before_its_body_and_fails_ready(tmp_pa
         host, port = urlsplit(proxy.url).netloc.split(":")
         with socket.create_connection((host, int(port))) as sock:
             target = "/api/2.0/mlflow-artifacts/artifacts/f/big.bin"
-            sock.sendall(f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {40 * MiB}\r\n\r\n".encode())
+            sock.sendall(f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {40 * MiB}\r\n\r\n".encode())
             refused = read_response(sock, "PUT")  # answered without a single body byte sent
         assert refused.status == 507
         assert "floor" in json.loads(refused.body)["message"]

@@ -137,7 +137,7 @@ def test_kill_9_mid_upload_leaves_nothing_and_keeps_the_previous_version(tmp_pat
         for name in ("kept.bin", "first.bin"):
             sock = socket.create_connection((host, int(port)))
             target = f"/api/2.0/mlflow-artifacts/artifacts/k/{name}"
-            head = f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {8 * MiB}\r\n\r\n"
+            head = f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {8 * MiB}\r\n\r\n"
             sock.sendall(head.encode() + b"z" * (4 * MiB))
             sockets.append(sock)
         # Both uploads are being written once the server holds two files open in k/ that have no name yet.

@@ -194,7 +194,7 @@ def test_a_stalled_upload_is_abandoned_with_408_and_leaves_nothing(tmp_path: Pat
         host, port = urlsplit(proxy.url).netloc.split(":")
         with socket.create_connection((host, int(port))) as sock:
             target = "/api/2.0/mlflow-artifacts/artifacts/stall/m.bin"
-            head = f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {3 << 20}\r\n\r\n"
+            head = f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {3 << 20}\r\n\r\n"
             sock.sendall(head.encode() + b"y" * (2 << 20))  # two of three MiB, then silence
             reply = read_response(sock, "PUT")
         assert reply.status == 408, reply

@@ -76,7 +76,7 @@ def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> No
         body = os.urandom(4 * 1024 * 1024)
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(
-                f"PUT {ARTIFACTS}/g/in-flight.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                f"PUT {ARTIFACTS}/g/in-flight.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                 + body[: 1024 * 1024]
             )
             proxy.wait_in_flight(1)  # the upload is inside the app, a quarter of its body sent
@@ -117,7 +117,7 @@ def test_a_download_stops_reading_storage_when_the_client_goes_away(tmp_path: Pa
     with running_proxy(str(root), tmp_path / "proxy") as proxy:
         host, port = urlsplit(proxy.url).netloc.split(":")
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(f"GET {ARTIFACTS}/big.bin HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.sendall(f"GET {ARTIFACTS}/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             response = read_head(sock)
             assert response.status == 200 and int(response.headers["content-length"]) == size
             assert len(response.read(1024 * 1024)) == 1024 * 1024  # a little of the body, then hang up

@@ -151,7 +151,7 @@ async def test_capabilities_answer_501_and_server_info_false(store: SFTPStore) -
     assert not supports_multipart_upload(store) and not supports_presigned_download(store)
     app = create_app(Settings())  # type: ignore[call-arg]
     app.state.store = store  # the lifespan (not run by ASGITransport) would open it from the registry
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
         info = (await client.get("/api/3.0/mlflow/server-info")).json()
         assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (False, False)
         created = await client.post("/api/2.0/mlflow-artifacts/mpu/create/d", json={"path": "m.bin", "num_parts": 2})

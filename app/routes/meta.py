@@ -9,19 +9,23 @@ from starlette.routing import Route
 from app.routes.artifacts import store_of
 from app.schemas import ServerInfo
 from app.settings import Settings
+from app.signing import signs_own_urls, trusted_base_url
 from app.storage.base import supports_multipart_upload, supports_presigned_download
 
 
-def server_info_payload(store: object) -> ServerInfo:
+def server_info_payload(store: object, can_sign: bool = True) -> ServerInfo:
     # Answered from configuration, never from a storage round trip: clients probe it with a 3 s timeout.
+    # `can_sign`: a store whose URLs point back at us offers them only when we know an address to put in them.
+    usable = can_sign or not signs_own_urls(store)
     return ServerInfo(
-        multipart_uploads_enabled=supports_multipart_upload(store),
-        multipart_downloads_enabled=supports_presigned_download(store),
+        multipart_uploads_enabled=supports_multipart_upload(store) and usable,
+        multipart_downloads_enabled=supports_presigned_download(store) and usable,
     )
 
 
 async def server_info(request: Request) -> Response:
-    return JSONResponse(server_info_payload(store_of(request)).model_dump())
+    payload = server_info_payload(store_of(request), trusted_base_url(request) is not None)
+    return JSONResponse(payload.model_dump())
 
 
 async def health(_: Request) -> Response:

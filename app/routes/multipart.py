@@ -7,6 +7,7 @@ constant the MLflow client's fallback looks for when the destination cannot pres
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -20,7 +21,7 @@ from app.errors import InvalidParameter, MultipartUploadUnsupported, PayloadTooL
 from app.paths import ArtifactPath, canonical_path, multipart_target
 from app.routes.artifacts import EMPTY_JSON, announced_length, counted_body, store_of
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
-from app.signing import current_base_url
+from app.signing import current_base_url, signs_own_urls, trusted_base_url
 from app.storage.base import (
     CompletedPart,
     MultipartUploads,
@@ -28,6 +29,8 @@ from app.storage.base import (
     supports_multipart_upload,
     supports_presigned_download,
 )
+
+logger = logging.getLogger("artifact_proxy.multipart")
 
 MAX_PARTS = 10_000
 # Request bodies: create and abort are a path and a few fields; complete lists every part with its ETag and URL
@@ -38,16 +41,31 @@ PARSE_INLINE_BELOW = 64 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
-def _remember_base_url(request: Request) -> None:
-    """Self-signed URLs point back at the address the client used (or the configured public URL)."""
-    settings = request.app.state.settings
-    current_base_url.set(settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/"))
+_unsigned_warning_given: list[bool] = []  # once per worker: a warning per request would drown the log
+
+
+def _can_sign_for(request: Request, store: object) -> bool:
+    """Self-signed URLs point back at us (app.signing.trusted_base_url); without a trustworthy address to put in
+    them the store does not offer them, and clients fall back to proxied transfers."""
+    if not signs_own_urls(store):
+        return True
+    base = trusted_base_url(request)
+    if base is None:
+        if not _unsigned_warning_given:
+            _unsigned_warning_given.append(True)
+            logger.warning(
+                "multipart and presigned downloads are off for clients whose Host is not checked (this one sent "
+                "%r): set ARTIFACT_PROXY_PUBLIC_URL, or MLFLOW_SERVER_ALLOWED_HOSTS, to the address clients use",
+                request.headers.get("host"),
+            )
+        return False
+    current_base_url.set(base)
+    return True
 
 
 def _multipart_store(request: Request) -> MultipartUploads:
-    _remember_base_url(request)
     store = store_of(request)
-    if not supports_multipart_upload(store):
+    if not supports_multipart_upload(store) or not _can_sign_for(request, store):
         raise MultipartUploadUnsupported()
     assert isinstance(store, MultipartUploads)
     return store
@@ -137,10 +155,9 @@ async def abort_upload(request: Request) -> Response:
 
 async def presigned_download(request: Request) -> Response:
     path = canonical_path(request.path_params.get("path", ""))
-    _remember_base_url(request)
     await authorize(request, Operation.READ, path)
     store = store_of(request)
-    if not supports_presigned_download(store):
+    if not supports_presigned_download(store) or not _can_sign_for(request, store):
         raise PresignedDownloadUnsupported()
     assert isinstance(store, PresignedDownloads)
     signed = await store.presign_download(path)
