@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from app.logs import printable
+
 logger = logging.getLogger("artifact_proxy.errors")
 
 # The MLflow client falls back to a single PUT only when the error message starts with this exact text.
@@ -170,6 +172,6 @@ async def answer_unexpected(scope: Scope, receive: Receive, send: Send, response
     """The last resort for an error no handler knows, called from inside the `except` that caught it: one log line
     with its traceback, and a 500 in MLflow's shape if no response has started. Nothing is re-raised, so the server
     does not log the same error a second time."""
-    logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+    logger.exception("unhandled error on %s %s", scope.get("method"), printable(str(scope.get("path"))))
     if not response_started:
         await error_response(500, "INTERNAL_ERROR", "Internal server error")(scope, receive, send)

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and belongs in the JSON line.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: anything a terminal or a log reader could
+# take for the end of a line or an escape sequence.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as escapes, so a client-chosen path or header cannot forge a log
+    line: `%0a` in a URL becomes the four characters `\\x0a`, never a line break."""
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import answer_unexpected
+from app.logs import printable
 
 access_logger = logging.getLogger("artifact_proxy.access")
 audit_logger = logging.getLogger("artifact_proxy.audit")
@@ -101,9 +102,9 @@ class RequestObserver:
             audit = scope[AUDIT_KEY]
             audit_logger.info(
                 "%s %s %s %s -> %d",
-                audit["user"],
+                printable(audit["user"]),
                 audit["op"],
-                audit["path"] or "/",
+                printable(audit["path"] or "/"),
                 client[0],
                 status,
                 extra={
@@ -117,7 +118,7 @@ class RequestObserver:
             )
         if self.access_log:
             query = scope.get("query_string", b"")
-            target = f"{scope['path']}?{query.decode('latin-1')}" if query else scope["path"]
+            target = printable(f"{scope['path']}?{query.decode('latin-1')}" if query else scope["path"])
             access_logger.info(
                 '%s:%s - "%s %s HTTP/%s" %d',
                 client[0],

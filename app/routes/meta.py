@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from app.errors import ArtifactProxyError, error_response
 from app.routes.artifacts import store_of
 from app.schemas import ServerInfo
 from app.settings import Settings
 from app.signing import signs_own_urls, trusted_base_url
 from app.storage.base import supports_multipart_upload, supports_presigned_download
+
+logger = logging.getLogger("artifact_proxy.ready")
+_last_reason: dict[str, str] = {}  # per worker: log a reason when it changes, not at every probe
 
 
 def server_info_payload(store: object, can_sign: bool = True) -> ServerInfo:
@@ -33,7 +39,21 @@ async def health(_: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    await store_of(request).check_ready()
+    try:
+        await store_of(request).check_ready()
+    except ArtifactProxyError as exc:
+        # Anyone may probe, so the answer names no path, bucket or host; the operator's log has the reason.
+        if exc.message != _last_reason.get("message"):
+            _last_reason["message"] = exc.message
+            logger.warning("not ready: %s", exc.message)
+        return error_response(
+            exc.status_code,
+            exc.error_code,
+            "Not ready: the artifact store is unavailable (see the server log)",
+            exc.headers,
+        )
+    if _last_reason.pop("message", None) is not None:
+        logger.info("ready again")
     return PlainTextResponse("OK")
 
 
