@@ -13,6 +13,7 @@ import uvicorn
 
 from app import __version__
 from app.errors import ArtifactProxyError
+from app.http_limits import LimitedHttpToolsProtocol
 from app.logs import log_config
 from app.settings import Settings
 from app.storage import StoreConfigError, open_store, redacted
@@ -132,7 +133,8 @@ def run(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         workers=workers,
-        http="httptools",
+        # httptools (much faster than h11) with limits on the request head; each worker reads them from its env.
+        http=LimitedHttpToolsProtocol,
         log_config=config,
         log_level=settings.log_level,
         access_log=False,  # app.metrics writes the access log, with duration and byte counts

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     metrics: bool = Field(True, validation_alias=_env("metrics"))
     shutdown_grace: int = Field(30, ge=0, validation_alias=_env("shutdown_grace"))
     keepalive_timeout: int = Field(5, ge=1, validation_alias=_env("keepalive_timeout"))
+    # The request head (app/http_limits.py): 431 past this size (URL and header lines) or field count, and it must
+    # be complete this many seconds after the connection opens or the next request's first byte (408, or a close).
+    max_header_bytes: int = Field(64 * 1024, ge=1024, validation_alias=_env("max_header_bytes"))
+    max_header_fields: int = Field(100, ge=1, validation_alias=_env("max_header_fields"))
+    header_timeout: float = Field(10.0, gt=0, validation_alias=_env("header_timeout"))
     development: bool = Field(False, validation_alias=_env("development"))
 
     # Access control and audit (app/auth.py documents the config file).
