@@ -76,7 +76,8 @@ def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> No
         body = os.urandom(4 * 1024 * 1024)
         with socket.create_connection((host, int(port))) as sock:
             sock.sendall(
-                f"PUT {ARTIFACTS}/g/in-flight.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                f"PUT {ARTIFACTS}/g/in-flight.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body[: 1024 * 1024]
             )
             proxy.wait_in_flight(1)  # the upload is inside the app, a quarter of its body sent

@@ -41,7 +41,9 @@ def post(proxy: Proxy, route: str, head: dict[str, str], body: bytes = b"") -> R
     host, port = urlsplit(proxy.url).netloc.split(":")
     lines = "".join(f"{name}: {value}\r\n" for name, value in head.items())
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(f"POST /api/2.0/mlflow-artifacts/{route} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}\r\n".encode() + body)
+        sock.sendall(
+            f"POST /api/2.0/mlflow-artifacts/{route} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}\r\n".encode() + body
+        )
         return read_response(sock, "POST")
 
 
