@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -22,6 +23,9 @@ from app.middleware import HOST_CHECKED_KEY
 
 # The externally visible base URL of the request being served (scheme://host[:port]); URLs we sign point back here.
 current_base_url: ContextVar[str] = ContextVar("current_base_url", default="http://127.0.0.1:5000")
+# ASCII digits only, and few enough for int(): str.isdigit also takes '¹' or '٣', and int() refuses thousands of
+# digits. Twelve digits reach far past any expiry we sign.
+_EXPIRES = re.compile(r"[0-9]{1,12}")
 
 
 def trusted_base_url(request: Request) -> str | None:
@@ -57,7 +61,8 @@ class UrlSigner:
 
     def verify(self, purpose: str, fields: tuple[str, ...], expires: str | None, sig: str | None) -> None:
         """Raise PermissionDenied (403) for a missing, tampered or expired signature."""
-        if not expires or not sig or not expires.isdigit():
+        # compare_digest refuses non-ASCII text with a TypeError: a malformed signature, not a server fault.
+        if not expires or not sig or not _EXPIRES.fullmatch(expires) or not sig.isascii():
             raise PermissionDenied("Missing or malformed URL signature")
         expected = self._digest(purpose, fields, int(expires))
         if not hmac.compare_digest(expected, sig):

@@ -60,3 +60,31 @@ def test_tampering_is_refused_before_expiry_is_looked_at() -> None:
         UrlSigner("another secret", clock=Clock(1_000_000.0)).verify(*FIELDS, expires, sig)
     with pytest.raises(PermissionDenied, match="Missing or malformed"):
         signer.verify(*FIELDS, "soon", sig)
+
+
+@pytest.mark.parametrize(
+    "expires",
+    [
+        "¹",  # a digit to str.isdigit, not to int()
+        "٣٠٠٠٠٠٠٠٠٠",  # Arabic-Indic digits: int() would take them
+        "9" * 5000,  # more digits than int() converts
+        "1e10",
+        " 1000001000",
+        "1000001000\n",
+        "-1",
+        "",
+    ],
+)
+def test_malformed_expiry_is_refused_as_malformed(expires: str) -> None:
+    signer = UrlSigner("secret", clock=Clock(1_000_000.0))
+    _, sig = signed(signer, 1000)
+    with pytest.raises(PermissionDenied, match="Missing or malformed URL signature"):
+        signer.verify(*FIELDS, expires, sig)
+
+
+@pytest.mark.parametrize("sig", ["é" * 64, "\u0430" * 64])
+def test_non_ascii_signature_is_refused_as_malformed(sig: str) -> None:
+    signer = UrlSigner("secret", clock=Clock(1_000_000.0))
+    expires, _ = signed(signer, 1000)
+    with pytest.raises(PermissionDenied, match="Missing or malformed URL signature"):
+        signer.verify(*FIELDS, expires, sig)
