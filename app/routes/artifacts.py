@@ -178,11 +178,16 @@ def announced_length(request: Request) -> int | None:
     return int(raw)
 
 
+def refuse_announced(announced: int | None, limit: int | None) -> None:
+    """413 before the body is read, when its Content-Length alone is over `limit`."""
+    if announced is not None and limit is not None and announced > limit:
+        raise PayloadTooLarge(f"Upload of {announced} bytes exceeds the limit of {limit} bytes")
+
+
 def _check_size(announced: int | None, settings: Settings, store: ArtifactStore) -> None:
+    refuse_announced(announced, settings.max_upload_size)
     if announced is None:
         return
-    if settings.max_upload_size is not None and announced > settings.max_upload_size:
-        raise PayloadTooLarge(f"Upload of {announced} bytes exceeds the limit of {settings.max_upload_size} bytes")
     limit = settings.presigned_only_min_size
     if limit is not None and announced > limit and supports_multipart_upload(store):
         raise PayloadTooLarge(

@@ -418,6 +418,9 @@ class LocalStore:
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
         return await self._presigning.create_multipart_upload(path, num_parts)
 
+    async def upload_target(self, upload_id: str) -> ArtifactPath:
+        return await self._presigning.upload_target(upload_id)
+
     async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
         return await self._presigning.write_part(upload_id, part_number, chunks)
 

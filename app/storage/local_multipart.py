@@ -75,6 +75,12 @@ class LocalPresigning:
             handle.write(path.canonical)
 
     # parts --------------------------------------------------------------------------------------------------------
+    async def upload_target(self, upload_id: str) -> ArtifactPath:
+        """The artifact path an upload in progress was created for (404 when there is no such upload)."""
+        staging = self._staging(upload_id)
+        bound: str = await self.store.run(_read_target, staging)
+        return ArtifactPath(bound)
+
     async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
         staging = self._staging(upload_id)
         final = os.path.join(staging, f"part-{part_number:05d}")
@@ -165,13 +171,16 @@ def _hold_staging(staging: str) -> int:
     return fd
 
 
-def _check_bound(staging: str, path: ArtifactPath) -> None:
+def _read_target(staging: str) -> str:
     try:
         with open(os.path.join(staging, STAGING_TARGET), encoding="utf-8") as handle:
-            bound = handle.read()
-    except FileNotFoundError as exc:
-        raise ResourceNotFound("No such multipart upload") from exc
-    if bound != path.canonical:
+            return handle.read()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ResourceNotFound("No such multipart upload (completed, aborted or expired)") from exc
+
+
+def _check_bound(staging: str, path: ArtifactPath) -> None:
+    if _read_target(staging) != path.canonical:
         raise ResourceNotFound(f"No multipart upload with this id for '{path.canonical}'")
 
 
