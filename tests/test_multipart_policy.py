@@ -1,8 +1,10 @@
-"""The local destination's part PUTs obey the rules of any upload body (issue 13, case 7), and self-signed URLs are
-parsed strictly and audited (issue 13, case 9), against the real service over sockets.
+"""Multipart uploads obey the upload policy (issue 13, case 7), and self-signed URLs are parsed strictly and audited
+(issue 13, case 9), against the real service over sockets.
 
-- Each part PUT gets the size limit (`ARTIFACT_PROXY_MAX_UPLOAD_SIZE`), the idle timeout and the interrupted-body
-  rules.
+- Create-only (`ARTIFACT_PROXY_FORBID_OVERWRITE`): `mpu/create` refuses an existing target, and `mpu/complete` one
+  that appeared since, with a PUT's 409, on every backend that does multipart; the refused upload is discarded.
+- The size limit (`ARTIFACT_PROXY_MAX_UPLOAD_SIZE`) holds for the whole upload at complete on every backend, and for
+  each part PUT of the local destination, whose part bodies also get the idle timeout and the interrupted-body rules.
 - Signed downloads and part PUTs write audit lines; malformed signatures are 403, not 500.
 """
 
@@ -12,19 +14,32 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 import httpx
 import pytest
 
+from app.errors import AlreadyExists, ResourceNotFound
+from app.paths import ArtifactPath
+from app.storage.base import CompletedPart
 from app.storage.local_sweep import STAGING_DIR
-from tests.servers import wait_until
+from tests.contract.stores import BACKENDS, fresh_prefix
+from tests.servers import StorageServer, wait_until
 from tests.utils.proxy import PATIENCE, Proxy, running_proxy
 from tests.utils.raw_http import RawResponse, read_response
+from tests.utils.streams import read_all, stream
+
+MiB = 1024 * 1024
+LIMIT = 6 * MiB  # over one 5 MiB part (the S3 minimum) plus a little, under two parts' worth
+MULTIPART = ["local", "s3", "gcs", "azure"]
+EXISTS = "ALREADY_EXISTS"
 
 
 # HTTP helpers --------------------------------------------------------------------------------------------------------
@@ -60,6 +75,174 @@ def started(proxy: Proxy, path: str, num_parts: int = 1) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+# every backend that does multipart ---------------------------------------------------------------------------------
+@dataclass
+class Deployment:
+    backend: str
+    proxy: Proxy
+    server: StorageServer
+    prefix: str  # the proxy's destination is this prefix of the server's, so raw looks see only this module's
+
+
+@pytest.fixture(scope="module", params=MULTIPART)
+def deployment(
+    request: pytest.FixtureRequest,
+    storage_server_for: Callable[[str], StorageServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    backend = str(request.param)
+    server = storage_server_for(backend)
+    prefix = fresh_prefix()
+    env = {**server.env, "ARTIFACT_PROXY_FORBID_OVERWRITE": "true", "ARTIFACT_PROXY_MAX_UPLOAD_SIZE": str(LIMIT)}
+    destination = f"{server.destination.rstrip('/')}/{prefix}"
+    with running_proxy(destination, tmp_path_factory.mktemp(f"policy-{backend}"), env=env) as proxy:
+        yield Deployment(backend, proxy, server, prefix)
+
+
+@pytest.fixture
+async def raw_store(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    """A store on the proxy's own destination, to look beneath the service at what is really stored."""
+    spec = next(backend for backend in BACKENDS if backend.name == deployment.backend)
+    store = spec.make(deployment.server, deployment.prefix, monkeypatch)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def staged(backend: str, store: Any, path: str, upload_id: str | None) -> bool | None:
+    """Whether anything of the upload is still staged: its parts cost storage until removed. None where that cannot
+    be asked: Azure has no call that drops uncommitted blocks (they go with the blob's next commit, or in 7 days)."""
+    if backend == "local":
+        return os.path.exists(os.path.join(store.root, STAGING_DIR, str(upload_id)))
+    if backend == "s3":
+        listed = await store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store._key(ArtifactPath(path)))
+        return any(upload["UploadId"] == upload_id for upload in listed.get("Uploads", []))
+    if backend == "gcs":
+        prefix = f"{store._dir(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/"
+        page = await store.storage.list_objects(store.bucket, params={"prefix": prefix})
+        return bool(page.get("items"))
+    return None
+
+
+def skip_unless_emulator_checks_conditions(deployment: Deployment) -> None:
+    if deployment.backend == "gcs":
+        pytest.skip("fake-gcs-server ignores ifGenerationMatch; compose's create-only is covered against GCS only")
+
+
+def test_create_refuses_an_existing_target_as_a_put_does(deployment: Deployment) -> None:
+    proxy, path = deployment.proxy, f"{fresh_prefix()}/model.bin"
+    assert httpx.put(proxy.artifact_url(path), content=b"first", timeout=60).status_code == 200
+    put = httpx.put(proxy.artifact_url(path), content=b"second", timeout=60)
+    refused = create(proxy, path, 1)
+    assert (put.status_code, put.json()["error_code"]) == (409, EXISTS)
+    assert (refused.status_code, refused.json()) == (409, put.json())
+    assert httpx.get(proxy.artifact_url(path), timeout=60).content == b"first"
+
+
+async def test_complete_refuses_a_target_that_appeared_since_create(deployment: Deployment, raw_store: Any) -> None:
+    skip_unless_emulator_checks_conditions(deployment)
+    proxy, path = deployment.proxy, f"{fresh_prefix()}/model.bin"
+    first, second = started(proxy, path), started(proxy, path)  # both before the target exists
+    assert complete(proxy, path, first, put_parts(first, [b"first upload"])).status_code == 200
+    parts = put_parts(second, [b"second upload"])
+    refused = complete(proxy, path, second, parts)
+    assert (refused.status_code, refused.json()["error_code"]) == (409, EXISTS), refused.text
+    assert refused.json()["message"] == f"Artifact path already exists: '{path}'"
+    assert httpx.get(proxy.artifact_url(path), timeout=60).content == b"first upload"
+    assert await staged(deployment.backend, raw_store, path, second.get("upload_id")) in (False, None)
+    # Its retry is refused too: the file there is not the one it would have built.
+    assert complete(proxy, path, second, parts).status_code in (404, 409)
+    assert httpx.get(proxy.artifact_url(path), timeout=60).content == b"first upload"
+
+
+def test_a_retried_complete_still_succeeds_under_create_only(deployment: Deployment) -> None:
+    proxy, path = deployment.proxy, f"{fresh_prefix()}/model.bin"
+    upload = started(proxy, path)
+    parts = put_parts(upload, [b"once"])
+    assert complete(proxy, path, upload, parts).status_code == 200
+    retried = complete(proxy, path, upload, parts)  # its first answer lost, say
+    assert retried.status_code == 200, retried.text
+    assert httpx.get(proxy.artifact_url(path), timeout=60).content == b"once"
+
+
+async def test_an_upload_over_the_size_limit_is_413_at_complete_and_discarded(
+    deployment: Deployment, raw_store: Any
+) -> None:
+    proxy, path = deployment.proxy, f"{fresh_prefix()}/big.bin"
+    upload = started(proxy, path, 2)
+    parts = put_parts(upload, [os.urandom(5 * MiB), os.urandom(2 * MiB)])  # each part is under the limit
+    refused = complete(proxy, path, upload, parts)
+    assert refused.status_code == 413, refused.text
+    assert refused.json() == {
+        "error_code": "BAD_REQUEST",
+        "message": f"Upload of {7 * MiB} bytes exceeds the limit of {LIMIT} bytes",
+    }
+    assert httpx.get(proxy.artifact_url(path), timeout=60).status_code == 404
+    assert await staged(deployment.backend, raw_store, path, upload.get("upload_id")) in (False, None)
+    assert complete(proxy, path, upload, parts).status_code != 200
+
+
+def test_concurrent_completes_onto_one_name_have_one_winner(deployment: Deployment) -> None:
+    if deployment.backend != "local":
+        # SeaweedFS and fake-gcs-server do not settle create-only completes atomically; on Azure every presigned
+        # upload of a blob stages the same block ids, so two uploads of one blob cannot overlap at all.
+        pytest.skip("only the local destination can show a race of create-only completes here")
+    proxy, path, count = deployment.proxy, f"{fresh_prefix()}/model.bin", 4
+    uploads = [started(proxy, path) for _ in range(count)]
+    parts = [put_parts(upload, [f"upload {i}".encode()]) for i, upload in enumerate(uploads)]
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(lambda i: complete(proxy, path, uploads[i], parts[i]), range(count)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200] + [409] * (count - 1), [answer.text for answer in answers]
+    winner = next(i for i, answer in enumerate(answers) if answer.status_code == 200)
+    assert httpx.get(proxy.artifact_url(path), timeout=60).content == f"upload {winner}".encode()
+
+
+# GCS: fake-gcs-server ignores ifGenerationMatch, so a shim answers a conditional compose as GCS does -----------------
+async def test_gcs_compose_is_create_only_and_a_refused_one_discards_its_parts(
+    storage_server_for: Callable[[str], StorageServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = next(backend for backend in BACKENDS if backend.name == "gcs")
+    store = spec.make(storage_server_for("gcs"), fresh_prefix(), monkeypatch)
+    await store.start()
+    real_send, conditional = store._send, []
+
+    async def send_as_gcs(method: str, url: str, ok: Any, **kwargs: Any) -> Any:
+        if url.endswith("/compose") and (kwargs.get("params") or {}).get("ifGenerationMatch") == "0":
+            conditional.append(url)
+            target = url.removesuffix("/compose")
+            found = await real_send("GET", target, (200, 404))
+            found.release()
+            if found.status == 200:
+                info = SimpleNamespace(real_url=url, method=method)
+                raise aiohttp.ClientResponseError(info, (), status=412, message="conditionNotMet")  # type: ignore[arg-type]
+        return await real_send(method, url, ok, **kwargs)
+
+    from app.storage.base import CompleteOptions  # here, so the module's other tests also run against old code
+
+    monkeypatch.setattr(store, "_send", send_as_gcs)
+    create_only = CompleteOptions(create_only=True)
+    try:
+        path = ArtifactPath("d/model.bin")
+        upload = await store.create_multipart_upload(path, 1)
+        async with httpx.AsyncClient(timeout=60) as http:
+            part = await http.put(upload.credentials[0].url, content=b"late")
+        assert part.status_code == 200, part.text
+        await store.write(path, stream(b"first"), None)
+        done = [CompletedPart(1, part.headers.get("etag", ""))]
+        with pytest.raises(AlreadyExists):
+            await store.complete_multipart_upload(path, upload.upload_id, done, create_only)
+        assert conditional, "the final compose did not ask for ifGenerationMatch=0"
+        assert await staged("gcs", store, path.canonical, upload.upload_id) is False
+        with pytest.raises(ResourceNotFound):  # its retry: the object there is not the one it would have built
+            await store.complete_multipart_upload(path, upload.upload_id, done, create_only)
+        assert await read_all(store, "d/model.bin") == b"first"
+    finally:
+        await store.close()
 
 
 # the local destination's own part URLs ---------------------------------------------------------------------------
@@ -148,6 +331,16 @@ def test_an_interrupted_part_is_not_stored_and_is_no_server_error(local: Local) 
     wait_until_idle(local.proxy)
     assert staged_parts(local, upload["upload_id"]) == []
     assert "unhandled error" not in local.proxy.log()
+
+
+def test_parts_within_the_limit_are_stored_but_not_a_total_over_it(local: Local) -> None:
+    path = "d/total.bin"
+    upload = started(local.proxy, path, 2)
+    parts = put_parts(upload, [b"a" * 600, b"b" * 600])  # 600 each: under the limit, and parts are not proxied PUTs
+    refused = complete(local.proxy, path, upload, parts)
+    assert refused.status_code == 413, refused.text
+    assert not (local.root / "d" / "total.bin").exists()
+    assert not (local.root / STAGING_DIR / upload["upload_id"]).exists()
 
 
 # signed URLs: strict parsing and audit lines -----------------------------------------------------------------------

@@ -148,7 +148,7 @@ async def upload(request: Request) -> Response:
     )
     create_only = settings.forbid_overwrite or request.headers.get("if-none-match", "").strip() == "*"
     if create_only:
-        await _refuse_existing(store, path)
+        await refuse_existing(store, path)
     options = WriteOptions(create_only=create_only, digest=lambda: body.sha256)
     try:
         await store.write(path, aiter(body), announced, options)
@@ -159,8 +159,8 @@ async def upload(request: Request) -> Response:
     return Response(EMPTY_JSON, media_type="application/json", headers=headers)
 
 
-async def _refuse_existing(store: ArtifactStore, path: ArtifactPath) -> None:
-    """Refuse a create-only PUT before its body is read; the backend's atomic condition still settles races."""
+async def refuse_existing(store: ArtifactStore, path: ArtifactPath) -> None:
+    """Refuse a create-only upload before its body is read; the backend's atomic condition still settles races."""
     try:
         handle = await store.open_read(path)
     except (ArtifactNotFound, IsADirectoryArtifact):

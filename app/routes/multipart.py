@@ -19,11 +19,12 @@ from starlette.routing import Route
 from app.auth import Operation, authenticate, authorize
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PayloadTooLarge, PresignedDownloadUnsupported
 from app.paths import ArtifactPath, canonical_path, multipart_target
-from app.routes.artifacts import EMPTY_JSON, announced_length, counted_body, store_of
+from app.routes.artifacts import EMPTY_JSON, announced_length, counted_body, refuse_existing, settings_of, store_of
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
 from app.signing import current_base_url, signs_own_urls, trusted_base_url
 from app.storage.base import (
     CompletedPart,
+    CompleteOptions,
     MultipartUploads,
     PresignedDownloads,
     supports_multipart_upload,
@@ -126,7 +127,11 @@ async def create_upload(request: Request) -> Response:
     target = await _target(request, body.path)
     if body.num_parts is None:
         raise InvalidParameter("Missing value for required parameter 'num_parts'")
-    created = await store.create_multipart_upload(target, _num_parts(body.num_parts))
+    num_parts = _num_parts(body.num_parts)
+    if settings_of(request).forbid_overwrite:
+        # Early, before the client sends its parts; complete settles it (atomically where the backend can).
+        await refuse_existing(store_of(request), target)
+    created = await store.create_multipart_upload(target, num_parts)
     return JSONResponse(created_upload_json(created))
 
 
@@ -140,7 +145,9 @@ async def complete_upload(request: Request) -> Response:
     parts = sorted(
         (CompletedPart(part.part_number, part.etag, part.url) for part in body.parts), key=lambda p: p.part_number
     )
-    await store.complete_multipart_upload(target, body.upload_id, parts)
+    settings = settings_of(request)
+    options = CompleteOptions(create_only=settings.forbid_overwrite, max_size=settings.max_upload_size)
+    await store.complete_multipart_upload(target, body.upload_id, parts, options)
     return Response(EMPTY_JSON, media_type="application/json")
 
 

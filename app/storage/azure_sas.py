@@ -10,11 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from azure.core.exceptions import HttpResponseError
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobSasPermissions, UserDelegationKey, generate_blob_sas
+from azure.storage.blob.aio import BlobClient
 
 from app.downloads import content_disposition
 from app.errors import (
+    AlreadyExists,
     InvalidParameter,
     MultipartUploadUnsupported,
     PresignedDownloadUnsupported,
@@ -24,7 +27,14 @@ from app.paths import ArtifactPath
 from app.storage.azure_blocks import MAX_BLOCKS, block_list, encoded_id, expected_block_ids, part_block_id
 from app.storage.azure_client import AzureClient, logger
 from app.storage.azure_errors import error_code, storage_errors
-from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
+from app.storage.base import (
+    DEFAULT_COMPLETE,
+    CompletedPart,
+    CompleteOptions,
+    CreatedMultipartUpload,
+    PartCredential,
+    PresignedUrl,
+)
 
 
 class AzureSigning(AzureClient):
@@ -78,14 +88,26 @@ class AzureSigning(AzureClient):
         return CreatedMultipartUpload(upload_id=None, credentials=credentials)
 
     async def complete_multipart_upload(
-        self, path: ArtifactPath, upload_id: str | None, parts: Sequence[CompletedPart]
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: Sequence[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         block_ids = expected_block_ids(parts)
         blob = self._blob(path)
+        # If-None-Match: * on the commit, the only step that makes the blob visible: atomic create-only.
+        condition: dict[str, Any] = {"match_condition": MatchConditions.IfMissing} if options.create_only else {}
         with storage_errors("complete", path.canonical):
+            if options.max_size is not None:
+                options.check_size(await _staged_size(blob, block_ids))
             try:
-                await blob.commit_block_list(block_list(block_ids))
+                await blob.commit_block_list(block_list(block_ids), **condition)
             except HttpResponseError as exc:
+                if options.create_only and _lost_create_only(exc):
+                    if await _committed_from(blob, block_ids):
+                        return  # a retried complete whose first attempt committed these very blocks
+                    raise AlreadyExists(path.canonical) from exc
                 if error_code(exc) != "InvalidBlockList":
                     raise
                 if not await blob.exists():
@@ -94,7 +116,9 @@ class AzureSigning(AzureClient):
                 logger.info("complete of %r: no staged blocks but the blob exists; done already", path.canonical)
 
     async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
-        return None  # uncommitted blocks are invisible and Azure discards them after 7 days
+        # Uncommitted blocks are invisible, and Azure has no call to drop them: they go with the blob's next commit,
+        # or after 7 days. A refused complete (too large, or create-only against an existing blob) leaves them too.
+        return None
 
     async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
         if not self.presigned_download_enabled:
@@ -103,3 +127,25 @@ class AzureSigning(AzureClient):
         ttl, disposition = self.settings.presigned_download_ttl, content_disposition(path.basename)
         sas = await self._sas(path, "r", ttl, PresignedDownloadUnsupported, content_disposition=disposition)
         return PresignedUrl(url=f"{self._blob(path).url}?{sas}", headers={}, file_size=meta.size)
+
+
+def _lost_create_only(exc: HttpResponseError) -> bool:
+    """Whether a create-only commit was refused because the blob exists (409 or 412, as the service words it)."""
+    return isinstance(exc, ResourceExistsError) or error_code(exc) in ("BlobAlreadyExists", "ConditionNotMet")
+
+
+async def _staged_size(blob: BlobClient, block_ids: list[str]) -> int:
+    """Bytes staged under these block ids: the parts went straight to Azure, which alone knows their sizes."""
+    try:
+        _, staged = await blob.get_block_list("uncommitted")
+    except ResourceNotFoundError:
+        return 0  # nothing staged, no blob: the commit reports the missing upload
+    wanted = set(block_ids)
+    return sum(block.size for block in staged if block.id in wanted)
+
+
+async def _committed_from(blob: BlobClient, block_ids: list[str]) -> bool:
+    """Whether the blob is exactly these blocks, committed, none of them still staged: a refused commit leaves its
+    blocks staged, a successful one consumed them."""
+    committed, staged = await blob.get_block_list("all")
+    return [block.id for block in committed] == block_ids and not {block.id for block in staged} & set(block_ids)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from app.errors import PayloadTooLarge
 from app.paths import ArtifactPath
 
 
@@ -87,6 +88,23 @@ class CompletedPart:
 
 
 @dataclass(frozen=True, slots=True)
+class CompleteOptions:
+    """How to complete a multipart upload: `create_only` refuses (AlreadyExists) to replace an existing object,
+    atomically where the backend can; `max_size` refuses (PayloadTooLarge) an upload whose parts add up to more.
+    Either refusal discards the upload, as far as the backend allows: a retry could not succeed."""
+
+    create_only: bool = False
+    max_size: int | None = None
+
+    def check_size(self, total: int) -> None:
+        if self.max_size is not None and total > self.max_size:
+            raise PayloadTooLarge(f"Upload of {total} bytes exceeds the limit of {self.max_size} bytes")
+
+
+DEFAULT_COMPLETE = CompleteOptions()  # replace whatever is there, whatever the size
+
+
+@dataclass(frozen=True, slots=True)
 class PresignedUrl:
     url: str
     headers: dict[str, str]
@@ -124,8 +142,14 @@ class MultipartUploads(Protocol):
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload: ...
 
     async def complete_multipart_upload(
-        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
-    ) -> None: ...
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: list[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
+    ) -> None:
+        """Make the uploaded parts the object at `path`. A retried complete whose first attempt succeeded succeeds
+        again, and is told apart from a refusal by what the object is (its ETag, upload id or blocks)."""
 
     async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None: ...
 

@@ -3,8 +3,9 @@
 Neither gcloud-aio nor fake-gcs-server has XML-API multipart, so each part is a staging object under the reserved
 `.artifact.uploading.mpu/` segment, PUT by the client to a V4-signed URL and composed into the target at complete
 (32 sources per compose call: larger uploads are composed in groups, then the groups). The composed object carries
-its upload id, so a retried complete succeeds. Abandoned uploads leave staging objects behind: give the bucket a
-lifecycle rule on that prefix.
+its upload id, so a retried complete succeeds. Create-only completes compose with `ifGenerationMatch=0`, settled by
+GCS; a refused complete (too large, or the target exists) deletes its staging objects. Abandoned uploads leave
+staging objects behind: give the bucket a lifecycle rule on that prefix.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from typing import Any
 import anyio.to_thread
 
 from app.errors import (
+    AlreadyExists,
     ArtifactNotFound,
     ArtifactProxyError,
     InvalidParameter,
     IsADirectoryArtifact,
     MultipartUploadUnsupported,
+    PayloadTooLarge,
     ResourceNotFound,
 )
 from app.paths import TEMP_PREFIX, ArtifactPath
-from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential
+from app.storage.base import DEFAULT_COMPLETE, CompletedPart, CompleteOptions, CreatedMultipartUpload, PartCredential
 from app.storage.gcs_client import OCTET, GCSClient, logger
 from app.storage.gcs_signing import sign_many
 
@@ -60,7 +63,11 @@ class GCSMultipart(GCSClient):
         return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
 
     async def complete_multipart_upload(
-        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: list[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         if not upload_id or not UPLOAD_ID.match(upload_id):
             raise ResourceNotFound(f"No such multipart upload for '{path.canonical}'")
@@ -78,11 +85,24 @@ class GCSMultipart(GCSClient):
                 return  # a retried complete: the first one finished
             raise ResourceNotFound(f"No such multipart upload for '{path.canonical}'")
         _check_parts(parts, staged)
-        await self._compose_tree(self._name(path), [staged[n]["name"] for n in numbers], staging, upload_id)
+        try:
+            options.check_size(sum(int(staged[n].get("size", 0)) for n in numbers))
+            await self._compose_tree(path, [staged[n]["name"] for n in numbers], staging, upload_id, options)
+        except AlreadyExists:
+            if await self._completed_by(path, upload_id):  # a retry racing its own first attempt's cleanup
+                return
+            await self._discard(staging, upload_id)
+            raise
+        except PayloadTooLarge:
+            await self._discard(staging, upload_id)
+            raise
+        await self._discard(staging, upload_id)
+
+    async def _discard(self, staging: str, upload_id: str) -> None:
         try:
             await self._delete_prefix(staging)
         except ArtifactProxyError:
-            logger.warning("completed upload %s but could not remove its staging objects", upload_id)
+            logger.warning("could not remove the staging objects of upload %s", upload_id)
 
     async def _completed_by(self, path: ArtifactPath, upload_id: str) -> bool:
         try:
@@ -91,7 +111,9 @@ class GCSMultipart(GCSClient):
             return False
         return bool((data.get("metadata") or {}).get(UPLOAD_ID_KEY) == upload_id)
 
-    async def _compose_tree(self, target: str, sources: list[str], staging: str, upload_id: str) -> None:
+    async def _compose_tree(
+        self, path: ArtifactPath, sources: list[str], staging: str, upload_id: str, options: CompleteOptions
+    ) -> None:
         level = 0
         while len(sources) > COMPOSE_LIMIT:  # at most 32 sources per call: compose groups, then the groups
             level += 1
@@ -99,18 +121,28 @@ class GCSMultipart(GCSClient):
             names = [f"{staging}compose-{level}-{j:05d}" for j in range(len(groups))]
             await self._bounded(self._compose(n, g, {}) for n, g in zip(names, groups, strict=True))
             sources = names
-        await self._compose(target, sources, {UPLOAD_ID_KEY: upload_id})
+        # ifGenerationMatch=0: the target may not exist yet, checked atomically by GCS as the object is written.
+        condition = {"ifGenerationMatch": "0"} if options.create_only else {}
+        await self._compose(self._name(path), sources, {UPLOAD_ID_KEY: upload_id}, condition, created=path)
 
-    async def _compose(self, target: str, sources: list[str], metadata: dict[str, str]) -> None:
+    async def _compose(
+        self,
+        target: str,
+        sources: list[str],
+        metadata: dict[str, str],
+        condition: dict[str, str] | None = None,
+        created: ArtifactPath | None = None,
+    ) -> None:
         body = {
             "sourceObjects": [{"name": source} for source in sources],
             "destination": {"contentType": OCTET, "metadata": metadata},
         }
-        with self._errors("composing an upload"):
+        with self._errors("composing an upload", created=created):
             resp = await self._send(
                 "POST",
                 f"{self._object_url(target)}/compose",
                 (200,),
+                params=condition or None,
                 data=json.dumps(body),
                 headers={"Content-Type": "application/json; charset=UTF-8"},
             )

@@ -45,8 +45,10 @@ from app.settings import Settings
 from app.signing import UrlSigner
 from app.storage import writeback
 from app.storage.base import (
+    DEFAULT_COMPLETE,
     DEFAULT_WRITE,
     CompletedPart,
+    CompleteOptions,
     CreatedMultipartUpload,
     FileInfo,
     ObjectMeta,
@@ -425,9 +427,13 @@ class LocalStore:
         return await self._presigning.write_part(upload_id, part_number, chunks)
 
     async def complete_multipart_upload(
-        self, path: ArtifactPath, upload_id: str | None, parts: builtins.list[CompletedPart]
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: builtins.list[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
-        await self._presigning.complete_multipart_upload(path, upload_id, parts)
+        await self._presigning.complete_multipart_upload(path, upload_id, parts, options)
 
     async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
         await self._presigning.abort_multipart_upload(path, upload_id)

@@ -2,15 +2,19 @@
 
 The service signs its own expiring URLs (`app.signing`) that point back at itself. Parts are staged out of sight in
 `<root>/.artifact.uploading.mpu/<upload_id>/` (the reserved prefix: never listed, never addressable by clients);
-complete concatenates them into a temp file beside the target and renames it into place atomically; abort and
-expiry remove the staging directory. An upload id is bound to its key by a `target` file in its staging directory.
+complete concatenates them into a temp file beside the target and renames it into place atomically (or, create-only,
+links it there only if the name is free); abort, expiry and a refused complete remove the staging directory. An
+upload id is bound to its key by a `target` file in its staging directory, and the completed file carries its upload
+id (an extended attribute), so only a retry of the complete that built it is answered with success.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -18,10 +22,19 @@ from urllib.parse import quote
 
 import anyio.to_thread
 
-from app.errors import InvalidParameter, ResourceNotFound
+from app.errors import AlreadyExists, InvalidParameter, PathOutsideRoot, PayloadTooLarge, ResourceNotFound
 from app.paths import ArtifactPath
 from app.signing import current_base_url
-from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
+from app.storage.base import (
+    DEFAULT_COMPLETE,
+    CompletedPart,
+    CompleteOptions,
+    CreatedMultipartUpload,
+    PartCredential,
+    PresignedUrl,
+    WriteOptions,
+)
+from app.storage.local_resolve import READ_FLAGS
 from app.storage.local_sweep import STAGING_DIR, STAGING_TARGET, lock_new_file, try_lock
 
 if TYPE_CHECKING:
@@ -30,6 +43,8 @@ if TYPE_CHECKING:
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 PART_ROUTE = "presigned-parts"
 DOWNLOAD_ROUTE = "signed-artifacts"
+UPLOAD_ID_XATTR = "user.artifact_proxy.upload_id"  # on a completed file: the upload that built it
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def part_etag(st: os.stat_result) -> str:
@@ -107,33 +122,66 @@ class LocalPresigning:
 
     # complete / abort ---------------------------------------------------------------------------------------------
     async def complete_multipart_upload(
-        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: list[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
-        await self.store.run(self._assemble, path, upload_id, parts)
+        await self.store.run(self._assemble, path, upload_id, parts, options)
 
-    def _assemble(self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart]) -> None:
+    def _assemble(
+        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart], options: CompleteOptions
+    ) -> None:
         self.store.check_target(path)  # containment first, so a link out of the root is a 400 whatever the upload id
         staging = self._staging(upload_id)
+        assert upload_id is not None  # _staging refuses anything but a well-formed id
         try:
             guard = _hold_staging(staging)
         except ResourceNotFound:
-            if self.store.is_file(path):
+            if self._completed_by(path, upload_id):
                 return  # a retried complete whose first attempt succeeded
             raise
         try:
             _check_bound(staging, path)
             sources = _checked_parts(staging, parts)
-            temp = self.store.open_temp(path)
             try:
-                for source in sources:
-                    _append_file(temp.fd, source)
-            except BaseException:
-                temp.discard()
+                options.check_size(sum(size for _, size in sources))
+                self._concatenate(path, upload_id, [source for source, _ in sources], options)
+            except (PayloadTooLarge, AlreadyExists):
+                shutil.rmtree(staging, ignore_errors=True)  # refused for good: no retry can succeed
                 raise
-            self.store.commit(temp, b"")
             shutil.rmtree(staging, ignore_errors=True)
         finally:
             os.close(guard)
+
+    def _concatenate(self, path: ArtifactPath, upload_id: str, sources: list[str], options: CompleteOptions) -> None:
+        temp = self.store.open_temp(path)
+        try:
+            for source in sources:
+                _append_file(temp.fd, source)
+            _record_upload_id(temp.fd, upload_id)
+        except BaseException:
+            temp.discard()
+            raise
+        # Create-only is settled by the link that publishes the file: of two racing completes, one wins.
+        self.store.commit(temp, b"", WriteOptions(create_only=options.create_only))
+
+    def _completed_by(self, path: ArtifactPath, upload_id: str) -> bool:
+        """Whether the file at `path` is the one this upload built: a refused upload's retry finds someone else's."""
+        try:
+            fd = self.store.dir.open(path.canonical, READ_FLAGS)
+        except (FileNotFoundError, NotADirectoryError, PathOutsideRoot):
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            return os.getxattr(fd, UPLOAD_ID_XATTR) == upload_id.encode("ascii")
+        except OSError as exc:
+            # A filesystem without user xattrs (some NFS mounts) keeps no proof: existence has to do there.
+            return exc.errno in _NO_XATTRS
+        finally:
+            os.close(fd)
 
     async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
         await self.store.run(self._abort, path, upload_id)
@@ -184,7 +232,8 @@ def _check_bound(staging: str, path: ArtifactPath) -> None:
         raise ResourceNotFound(f"No multipart upload with this id for '{path.canonical}'")
 
 
-def _checked_parts(staging: str, parts: list[CompletedPart]) -> list[str]:
+def _checked_parts(staging: str, parts: list[CompletedPart]) -> list[tuple[str, int]]:
+    """Each listed part's staged file and size, in order; 400 unless every part is there as its ETag says."""
     numbers = [part.part_number for part in parts]
     if numbers != list(range(1, len(parts) + 1)):
         raise InvalidParameter("Parts must be numbered 1..N with none missing or repeated")
@@ -197,8 +246,17 @@ def _checked_parts(staging: str, parts: list[CompletedPart]) -> list[str]:
             raise InvalidParameter(f"Part {part.part_number} was never uploaded") from exc
         if part.etag and part.etag != part_etag(st):
             raise InvalidParameter(f"Part {part.part_number} does not match its ETag")
-        sources.append(source)
+        sources.append((source, st.st_size))
     return sources
+
+
+def _record_upload_id(fd: int, upload_id: str) -> None:
+    try:
+        os.setxattr(fd, UPLOAD_ID_XATTR, upload_id.encode("ascii"))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # No user xattrs here: a retried complete is then recognised by the file's existence alone.
 
 
 def _append_file(fd: int, source: str) -> None:

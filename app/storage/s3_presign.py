@@ -9,9 +9,23 @@ import hashlib
 from collections.abc import Sequence
 
 from app.downloads import content_disposition
-from app.errors import ArtifactNotFound, InvalidParameter, IsADirectoryArtifact, ResourceNotFound
+from app.errors import (
+    AlreadyExists,
+    ArtifactNotFound,
+    InvalidParameter,
+    IsADirectoryArtifact,
+    PayloadTooLarge,
+    ResourceNotFound,
+)
 from app.paths import ArtifactPath
-from app.storage.base import CompletedPart, CreatedMultipartUpload, PartCredential, PresignedUrl
+from app.storage.base import (
+    DEFAULT_COMPLETE,
+    CompletedPart,
+    CompleteOptions,
+    CreatedMultipartUpload,
+    PartCredential,
+    PresignedUrl,
+)
 from app.storage.s3_client import S3Client
 
 
@@ -46,24 +60,59 @@ class S3Presign(S3Client):
         return str(url)
 
     async def complete_multipart_upload(
-        self, path: ArtifactPath, upload_id: str | None, parts: Sequence[CompletedPart]
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: Sequence[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         if not upload_id:
             raise InvalidParameter("Missing value for required parameter 'upload_id'")
         if not parts:
             raise InvalidParameter("Missing value for required parameter 'parts'")
         ordered = sorted(parts, key=lambda part: part.part_number)
+        if options.max_size is not None:
+            await self._check_uploaded_size(path, upload_id, {part.part_number for part in ordered}, options)
         listed = [{"PartNumber": part.part_number, "ETag": part.etag} for part in ordered]  # ETags verbatim
+        condition = {"IfNoneMatch": "*"} if options.create_only else {}  # atomic create-only, settled by S3
         try:
             with self.errors("CompleteMultipartUpload", path):
                 await self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=self._key(path), UploadId=upload_id, MultipartUpload={"Parts": listed}
+                    Bucket=self.bucket,
+                    Key=self._key(path),
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": listed},
+                    **condition,
                 )
-        except ResourceNotFound:
+        except (ResourceNotFound, AlreadyExists) as exc:
             # A retried complete whose first attempt succeeded: the object is there, built from exactly these
             # parts. Matching the ETag (not mere existence) keeps an upload id bound to its own key.
             if await self._completed_from(path, [p.etag for p in ordered]):
                 return
+            if isinstance(exc, AlreadyExists):
+                await self._abort_quietly(path, upload_id)  # lost to an existing object for good: drop the parts
+            raise
+
+    async def _check_uploaded_size(
+        self, path: ArtifactPath, upload_id: str, numbers: set[int], options: CompleteOptions
+    ) -> None:
+        """Refuse (413) and abort an upload whose listed parts add up to more than the limit, as S3 lists them: the
+        parts went straight to S3, so only their sizes there are known."""
+        total, args = 0, {"Bucket": self.bucket, "Key": self._key(path), "UploadId": upload_id}
+        while True:
+            try:
+                with self.errors("ListParts", path):
+                    page = await self.client.list_parts(**args)
+            except ResourceNotFound:
+                return  # completed or aborted already: CompleteMultipartUpload tells which
+            total += sum(int(part["Size"]) for part in page.get("Parts", []) if part["PartNumber"] in numbers)
+            if not page.get("IsTruncated"):
+                break
+            args["PartNumberMarker"] = page["NextPartNumberMarker"]
+        try:
+            options.check_size(total)
+        except PayloadTooLarge:
+            await self._abort_quietly(path, upload_id)
             raise
 
     async def _completed_from(self, path: ArtifactPath, etags: Sequence[str]) -> bool:
