@@ -5,6 +5,7 @@
   that appeared since, with a PUT's 409, on every backend that does multipart; the refused upload is discarded.
 - The size limit (`ARTIFACT_PROXY_MAX_UPLOAD_SIZE`) holds for the whole upload at complete on every backend, and for
   each part PUT of the local destination, whose part bodies also get the idle timeout and the interrupted-body rules.
+- The presigned-only rule (`ARTIFACT_PROXY_PRESIGNED_ONLY_MIN_SIZE`) holds for a chunked PUT, which announces no size.
 - Signed downloads and part PUTs write audit lines; malformed signatures are 403, not 500.
 """
 
@@ -27,7 +28,7 @@ import httpx
 import pytest
 
 from app.errors import AlreadyExists, ResourceNotFound
-from app.paths import ArtifactPath
+from app.paths import TEMP_PREFIX, ArtifactPath
 from app.storage.base import CompletedPart
 from app.storage.local_sweep import STAGING_DIR
 from tests.contract.stores import BACKENDS, fresh_prefix
@@ -341,6 +342,28 @@ def test_parts_within_the_limit_are_stored_but_not_a_total_over_it(local: Local)
     assert refused.status_code == 413, refused.text
     assert not (local.root / "d" / "total.bin").exists()
     assert not (local.root / STAGING_DIR / upload["upload_id"]).exists()
+
+
+def test_a_chunked_put_over_the_presigned_only_size_is_refused_and_leaves_nothing(local: Local) -> None:
+    def body() -> Iterator[bytes]:
+        yield b"x" * 300
+        yield b"x" * 300
+
+    refused = httpx.put(local.proxy.artifact_url("chunked/big.bin"), content=body(), timeout=60)
+    assert refused.status_code == 413, refused.text
+    assert refused.json()["message"] == (
+        f"Uploads over {MULTIPART_ABOVE} bytes must use multipart upload: set MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true"
+    )
+    wait_until_idle(local.proxy)
+    assert not (local.root / "chunked" / "big.bin").exists()
+    assert [p for p in local.root.rglob(f"{TEMP_PREFIX}*") if not p.is_relative_to(local.root / STAGING_DIR)] == []
+
+    def small() -> Iterator[bytes]:
+        yield b"y" * 250
+        yield b"y" * 250
+
+    assert httpx.put(local.proxy.artifact_url("chunked/small.bin"), content=small(), timeout=60).status_code == 200
+    assert (local.root / "chunked" / "small.bin").read_bytes() == b"y" * 500
 
 
 # signed URLs: strict parsing and audit lines -----------------------------------------------------------------------

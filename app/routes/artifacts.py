@@ -140,9 +140,9 @@ async def upload(request: Request) -> Response:
     settings = settings_of(request)
     store = store_of(request)
     announced = announced_length(request)
-    _check_size(announced, settings, store)
+    limit, too_large = _size_limit(announced, settings, store)
     body = DigestingStream(
-        counted_body(request, announced, settings.max_upload_size, settings.upload_idle_timeout),
+        counted_body(request, announced, limit, settings.upload_idle_timeout, too_large),
         expected_digests(request.headers),
         settings.upload_chunk_size,
     )
@@ -184,22 +184,28 @@ def refuse_announced(announced: int | None, limit: int | None) -> None:
         raise PayloadTooLarge(f"Upload of {announced} bytes exceeds the limit of {limit} bytes")
 
 
-def _check_size(announced: int | None, settings: Settings, store: ArtifactStore) -> None:
+def _size_limit(announced: int | None, settings: Settings, store: ArtifactStore) -> tuple[int | None, str | None]:
+    """Refuse a proxied PUT by its Content-Length; else the most bytes its body may bring, and what the 413 says
+    past them. A chunked body announces nothing, so the presigned-only rule is enforced while it streams too."""
     refuse_announced(announced, settings.max_upload_size)
-    if announced is None:
-        return
-    limit = settings.presigned_only_min_size
-    if limit is not None and announced > limit and supports_multipart_upload(store):
-        raise PayloadTooLarge(
-            f"Uploads over {limit} bytes must use multipart upload: set MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true"
-        )
+    limit, multipart_above = settings.max_upload_size, settings.presigned_only_min_size
+    if multipart_above is None or not supports_multipart_upload(store):
+        return limit, None
+    use_multipart = (
+        f"Uploads over {multipart_above} bytes must use multipart upload: set MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true"
+    )
+    if announced is not None and announced > multipart_above:
+        raise PayloadTooLarge(use_multipart)
+    if limit is not None and limit <= multipart_above:
+        return limit, None
+    return multipart_above, use_multipart
 
 
 async def counted_body(
-    request: Request, announced: int | None, limit: int | None, idle_timeout: float
+    request: Request, announced: int | None, limit: int | None, idle_timeout: float, too_large: str | None = None
 ) -> AsyncIterator[bytes]:
-    """The request body, refused past `limit` (413), past its Content-Length or short of it (400), and abandoned
-    after `idle_timeout` seconds without a byte (408)."""
+    """The request body, refused past `limit` (413, saying `too_large` if given), past its Content-Length or short
+    of it (400), and abandoned after `idle_timeout` seconds without a byte (408)."""
     received = 0
     body = request.stream()
     while True:
@@ -214,7 +220,7 @@ async def counted_body(
             raise UploadStalled(f"No request body bytes for {idle_timeout:g} s; upload abandoned")
         received += len(chunk)
         if limit is not None and received > limit:
-            raise PayloadTooLarge(f"Upload exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(too_large or f"Upload exceeds the limit of {limit} bytes")
         if announced is not None and received > announced:
             raise IncompleteBody("Request body is longer than its Content-Length")
         yield chunk
