@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install install-test bench stack mlflow-venv clean
+.PHONY: run test lint install install-test bench stack mlflow-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ install-test: $(STAMP) node_modules/.installed mlflow-venv
 run: install
 	$(BIN)/artifact-proxy server --artifacts-destination ./mlartifacts --host 127.0.0.1 --port 5000
 
-test: install-test
+# ruff (style, imports, bugbear) on everything Python; mypy strict on the service.
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench deploy
+	$(BIN)/ruff format --check app tests bench deploy
+	$(BIN)/mypy app
+
+test: install-test lint
 	$(BIN)/python -m pytest -q
 
 stack: install

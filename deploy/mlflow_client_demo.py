@@ -57,8 +57,10 @@ def main() -> None:
     location = client.get_experiment(experiment_id).artifact_location
     expected_root = os.environ.get("EXPECTED_ARTIFACT_ROOT")
     if expected_root:
-        check(location == f"{expected_root.rstrip('/')}/{experiment_id}",
-              f"artifact location {location!r} is not under {expected_root!r}")
+        check(
+            location == f"{expected_root.rstrip('/')}/{experiment_id}",
+            f"artifact location {location!r} is not under {expected_root!r}",
+        )
     print(f"demo: experiment {experiment_id} ({name}) stores artifacts at {location}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,15 +98,19 @@ def main() -> None:
 
     logged = mlflow.get_logged_model(info.model_id)
     print(f"demo: ok: run {run_id}, model {info.model_id} predicted {list(prediction['x'])}", file=sys.stderr)
-    print(json.dumps({
-        "experiment_id": experiment_id,
-        "experiment_location": location,
-        "run_id": run_id,
-        "run_artifact_uri": artifact_uri,
-        "model_id": info.model_id,
-        "model_uri": info.model_uri,
-        "model_artifact_location": logged.artifact_location,
-    }))
+    print(
+        json.dumps(
+            {
+                "experiment_id": experiment_id,
+                "experiment_location": location,
+                "run_id": run_id,
+                "run_artifact_uri": artifact_uri,
+                "model_id": info.model_id,
+                "model_uri": info.model_uri,
+                "model_artifact_location": logged.artifact_location,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
