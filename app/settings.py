@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     upload_idle_timeout: float = Field(120.0, gt=0, validation_alias=_env("upload_idle_timeout"))
     io_threads: int = Field(8, ge=1, le=256, validation_alias=_env("io_threads"))
     max_upload_size: int | None = Field(None, ge=0, validation_alias=_env("max_upload_size"))
-    # Crash leftovers (app/storage/local_sweep.py): an unlocked temp file untouched this long is removed; the sweep
+    # Crash leftovers (app/storage/local/sweep.py): an unlocked temp file untouched this long is removed; the sweep
     # runs at startup and then every sweep_interval seconds (0: at startup only).
     stale_upload_age: int = Field(60, ge=0, validation_alias=_env("stale_upload_age"))
     sweep_interval: float = Field(300.0, ge=0, validation_alias=_env("sweep_interval"))

@@ -21,6 +21,10 @@ from starlette.requests import Request
 from app.errors import PermissionDenied
 from app.middleware import HOST_CHECKED_KEY
 
+# Routes of the URLs a self-signing store hands out (app/routes/signed.py serves them).
+PART_ROUTE = "presigned-parts"
+DOWNLOAD_ROUTE = "signed-artifacts"
+
 # The externally visible base URL of the request being served (scheme://host[:port]); URLs we sign point back here.
 current_base_url: ContextVar[str] = ContextVar("current_base_url", default="http://127.0.0.1:5000")
 # ASCII digits only, and few enough for int(): str.isdigit also takes '¹' or '٣', and int() refuses thousands of

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.storage.local import DIGEST_XATTR
+from app.storage.local.files import DIGEST_XATTR
 from tests.servers import free_port, wait_until
 from tests.utils.proxy import Proxy, running_proxy
 

@@ -20,7 +20,7 @@ import pytest
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
 from app.storage.local import LocalStore
-from app.storage.local_sweep import STAGING_DIR, STAGING_TARGET, sweep
+from app.storage.local.sweep import STAGING_DIR, STAGING_TARGET, sweep
 from tests.servers import wait_until
 from tests.utils.proxy import running_proxy
 from tests.utils.streams import stream

@@ -30,7 +30,7 @@ import pytest
 from app.errors import AlreadyExists, ResourceNotFound
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.storage.base import CompletedPart
-from app.storage.local_sweep import STAGING_DIR
+from app.storage.local.sweep import STAGING_DIR
 from tests.contract.stores import BACKENDS, fresh_prefix
 from tests.servers import StorageServer, wait_until
 from tests.utils.proxy import PATIENCE, Proxy, running_proxy

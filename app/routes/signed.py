@@ -27,8 +27,7 @@ from app.routes.artifacts import (
     settings_of,
     store_of,
 )
-from app.signing import UrlSigner
-from app.storage.local_multipart import DOWNLOAD_ROUTE, PART_ROUTE
+from app.signing import DOWNLOAD_ROUTE, PART_ROUTE, UrlSigner
 
 logger = logging.getLogger("artifact_proxy.signed")
 

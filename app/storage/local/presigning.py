@@ -17,14 +17,13 @@ import shutil
 import stat
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import anyio.to_thread
 
 from app.errors import AlreadyExists, InvalidParameter, PathOutsideRoot, PayloadTooLarge, ResourceNotFound
 from app.paths import ArtifactPath
-from app.signing import current_base_url
+from app.signing import DOWNLOAD_ROUTE, PART_ROUTE, UrlSigner, current_base_url
 from app.storage.base import (
     DEFAULT_COMPLETE,
     CompletedPart,
@@ -34,15 +33,12 @@ from app.storage.base import (
     PresignedUrl,
     WriteOptions,
 )
-from app.storage.local_resolve import READ_FLAGS
-from app.storage.local_sweep import STAGING_DIR, STAGING_TARGET, lock_new_file, try_lock
-
-if TYPE_CHECKING:
-    from app.storage.local import LocalStore
+from app.storage.local.files import LocalFiles
+from app.storage.local.reading import LocalReadHandle, open_for_read
+from app.storage.local.resolve import READ_FLAGS
+from app.storage.local.sweep import STAGING_DIR, STAGING_TARGET, lock_new_file, try_lock
 
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
-PART_ROUTE = "presigned-parts"
-DOWNLOAD_ROUTE = "signed-artifacts"
 UPLOAD_ID_XATTR = "user.artifact_proxy.upload_id"  # on a completed file: the upload that built it
 _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
@@ -54,26 +50,27 @@ def part_etag(st: os.stat_result) -> str:
 class LocalPresigning:
     """The MultipartUploads and PresignedDownloads capabilities of a LocalStore, which delegates to this."""
 
-    def __init__(self, store: LocalStore) -> None:
-        self.store = store
+    def __init__(self, files: LocalFiles, signer: UrlSigner | None) -> None:
+        self.files = files
+        self.signer = signer
 
     def _staging(self, upload_id: str | None) -> str:
         if not upload_id or not _UPLOAD_ID.match(upload_id):
             raise ResourceNotFound(f"No such multipart upload: {upload_id!r}")
-        return os.path.join(self.store._real_root, STAGING_DIR, upload_id)
+        return os.path.join(self.files.real_root, STAGING_DIR, upload_id)
 
     def _api_base(self) -> str:
-        return f"{current_base_url.get()}{self.store.settings.api_prefixes[0]}"
+        return f"{current_base_url.get()}{self.files.settings.api_prefixes[0]}"
 
     # create -------------------------------------------------------------------------------------------------------
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
-        assert self.store.signer is not None
+        assert self.signer is not None
         upload_id = uuid.uuid4().hex
-        await self.store.run(self._create_staging, path, upload_id)
-        base, ttl = self._api_base(), self.store.settings.multipart_url_ttl
+        await self.files.run(self._create_staging, path, upload_id)
+        base, ttl = self._api_base(), self.files.settings.multipart_url_ttl
         credentials = [
             PartCredential(
-                url=f"{base}/{PART_ROUTE}/{upload_id}/{n}?{self.store.signer.query('part', (upload_id, str(n)), ttl)}",
+                url=f"{base}/{PART_ROUTE}/{upload_id}/{n}?{self.signer.query('part', (upload_id, str(n)), ttl)}",
                 part_number=n,
             )
             for n in range(1, num_parts + 1)
@@ -83,7 +80,7 @@ class LocalPresigning:
     def _create_staging(self, path: ArtifactPath, upload_id: str) -> None:
         # Fail now (400) on a directory, a file parent or a link out of the root; the parents appear at once, as
         # MLflow's own server makes them.
-        self.store.check_target(path, create_parents=True)
+        self.files.check_target(path, create_parents=True)
         staging = self._staging(upload_id)
         os.makedirs(staging)
         with open(os.path.join(staging, STAGING_TARGET), "w", encoding="utf-8") as handle:
@@ -93,20 +90,20 @@ class LocalPresigning:
     async def upload_target(self, upload_id: str) -> ArtifactPath:
         """The artifact path an upload in progress was created for (404 when there is no such upload)."""
         staging = self._staging(upload_id)
-        bound: str = await self.store.run(_read_target, staging)
+        bound: str = await self.files.run(_read_target, staging)
         return ArtifactPath(bound)
 
     async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str:
         staging = self._staging(upload_id)
         final = os.path.join(staging, f"part-{part_number:05d}")
-        guard, fd, temp = await self.store.run(self._open_part, staging)
+        guard, fd, temp = await self.files.run(self._open_part, staging)
         try:
-            await self.store.stream_to_fd(fd, chunks)
+            await self.files.stream_to_fd(fd, chunks)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close_and_unlink, fd, temp, guard)
             raise
-        etag: str = await self.store.run(_finish_part, fd, temp, final, guard)
+        etag: str = await self.files.run(_finish_part, fd, temp, final, guard)
         return etag
 
     def _open_part(self, staging: str) -> tuple[int, int, str]:
@@ -128,12 +125,12 @@ class LocalPresigning:
         parts: list[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
-        await self.store.run(self._assemble, path, upload_id, parts, options)
+        await self.files.run(self._assemble, path, upload_id, parts, options)
 
     def _assemble(
         self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart], options: CompleteOptions
     ) -> None:
-        self.store.check_target(path)  # containment first, so a link out of the root is a 400 whatever the upload id
+        self.files.check_target(path)  # containment first, so a link out of the root is a 400 whatever the upload id
         staging = self._staging(upload_id)
         assert upload_id is not None  # _staging refuses anything but a well-formed id
         try:
@@ -156,7 +153,7 @@ class LocalPresigning:
             os.close(guard)
 
     def _concatenate(self, path: ArtifactPath, upload_id: str, sources: list[str], options: CompleteOptions) -> None:
-        temp = self.store.open_temp(path)
+        temp = self.files.open_temp(path)
         try:
             for source in sources:
                 _append_file(temp.fd, source)
@@ -165,12 +162,12 @@ class LocalPresigning:
             temp.discard()
             raise
         # Create-only is settled by the link that publishes the file: of two racing completes, one wins.
-        self.store.commit(temp, b"", WriteOptions(create_only=options.create_only))
+        self.files.commit(temp, b"", WriteOptions(create_only=options.create_only))
 
     def _completed_by(self, path: ArtifactPath, upload_id: str) -> bool:
         """Whether the file at `path` is the one this upload built: a refused upload's retry finds someone else's."""
         try:
-            fd = self.store.dir.open(path.canonical, READ_FLAGS)
+            fd = self.files.dir.open(path.canonical, READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError, PathOutsideRoot):
             return False
         try:
@@ -184,10 +181,10 @@ class LocalPresigning:
             os.close(fd)
 
     async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
-        await self.store.run(self._abort, path, upload_id)
+        await self.files.run(self._abort, path, upload_id)
 
     def _abort(self, path: ArtifactPath, upload_id: str | None) -> None:
-        self.store.check_target(path)
+        self.files.check_target(path)
         staging = self._staging(upload_id)
         try:
             guard = _hold_staging(staging)
@@ -201,10 +198,10 @@ class LocalPresigning:
 
     # presigned download -------------------------------------------------------------------------------------------
     async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
-        assert self.store.signer is not None
-        handle = await self.store.open_read(path)
+        assert self.signer is not None
+        handle: LocalReadHandle = await self.files.run(open_for_read, self.files, path)
         await handle.aclose()
-        query = self.store.signer.query("download", (path.canonical,), self.store.settings.presigned_download_ttl)
+        query = self.signer.query("download", (path.canonical,), self.files.settings.presigned_download_ttl)
         url = f"{self._api_base()}/{DOWNLOAD_ROUTE}/{quote(path.canonical)}?{query}"
         return PresignedUrl(url=url, headers={}, file_size=handle.meta.size)
 
