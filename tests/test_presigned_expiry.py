@@ -24,6 +24,7 @@ import pytest
 from app.paths import canonical_path
 from app.signing import UrlSigner
 from app.storage.azure import AzureBlobStore
+from app.storage.azure import sas as azure_sas
 from app.storage.base import PresignedUrl
 from app.storage.s3 import S3Store
 from tests.contract.stores import BACKENDS, fresh_prefix
@@ -148,7 +149,13 @@ async def test_expired_azure_sas_download_is_refused(azure: AzureBlobStore, monk
     azure.settings.presigned_download_ttl = TTL
     fresh = await azure.presign_download(path)
     signed_at = datetime.now(UTC) - AN_HOUR
-    monkeypatch.setattr(azure, "_now", lambda: signed_at)
+
+    class AnHourAgo(datetime):  # the SAS signer's clock: it takes "now" from its module's `datetime`
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return signed_at
+
+    monkeypatch.setattr(azure_sas, "datetime", AnHourAgo)
     stale = await azure.presign_download(path)
     assert parse_qs(urlsplit(stale.url).query)["se"] == [(signed_at + timedelta(seconds=TTL)).strftime(SAS_TIME)]
     azure.settings.presigned_download_ttl = LONG_TTL

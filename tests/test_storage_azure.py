@@ -31,7 +31,8 @@ from app.errors import (
 from app.paths import ArtifactPath, canonical_path
 from app.settings import Settings
 from app.storage import StoreConfigError, open_store
-from app.storage.azure import AzureBlobStore, AzureConfig, map_error
+from app.storage.azure import AzureBlobStore, AzureConfig
+from app.storage.azure.errors import map_error
 from app.storage.base import CompletedPart, supports_multipart_upload, supports_presigned_download
 from tests.servers import StorageServer, stop_process
 from tests.servers.azure import ACCOUNT, CONTAINER, azurite_server, connection_string, restart_azurite
@@ -83,7 +84,7 @@ async def test_large_write_stages_blocks(blobs: ContainerClient, store: AzureBlo
     data = os.urandom(size)
     await store.write(p("big.bin"), stream(data), None)
     assert await read(store, "big.bin") == data
-    committed, _ = blobs.get_blob_client(store._name(p("big.bin"))).get_block_list("committed")
+    committed, _ = blobs.get_blob_client(store.client.blob_name(p("big.bin"))).get_block_list("committed")
     assert len(committed) == -(-size // BLOCK)
     assert {len(block.id) for block in committed} == {18}  # the same width as presigned part ids
 
@@ -110,8 +111,8 @@ async def populate(store: AzureBlobStore, names: list[str]) -> None:
 
 async def test_list_skips_placeholders_and_sibling_prefixes(blobs: ContainerClient, store: AzureBlobStore) -> None:
     await populate(store, ["a.txt", "dir/b.txt", "dir/sub/c.txt"])
-    blobs.upload_blob(store._name(p("dir")) + "/", b"")  # a folder placeholder some tools create
-    blobs.upload_blob(store.prefix + "-sibling/a.txt", b"")  # shares the prefix string, not the folder
+    blobs.upload_blob(store.client.blob_name(p("dir")) + "/", b"")  # a folder placeholder some tools create
+    blobs.upload_blob(store.client.prefix + "-sibling/a.txt", b"")  # shares the prefix string, not the folder
     root = [(f.path, f.is_dir, f.file_size) for f in await store.list(p(""))]
     assert root == [("a.txt", False, 5), ("dir", True, None)]
     listed = [(f.path, f.is_dir, f.file_size) for f in await store.list(p("dir"))]
@@ -178,7 +179,7 @@ async def test_many_parts_keep_equal_length_ids(blobs: ContainerClient, store: A
     ids = [parse_qs(urlsplit(url).query)["blockid"][0] for url in urls]
     assert len(set(ids)) == 120 and len({len(i) for i in ids}) == 1
     assert await read(store, "many.bin") == b"".join(parts)
-    committed, _ = blobs.get_blob_client(store._name(p("many.bin"))).get_block_list("committed")
+    committed, _ = blobs.get_blob_client(store.client.blob_name(p("many.bin"))).get_block_list("committed")
     assert [b.id for b in committed] == [f"mlflow_block_{i:05d}" for i in range(1, 121)]
 
 
@@ -257,7 +258,7 @@ async def test_destination_without_prefix(azurite: StorageServer) -> None:
     try:
         name = f"top-{uuid.uuid4().hex[:8]}.txt"
         await store.write(p(name), stream(b"top"), 3)
-        assert store._name(p(name)) == name
+        assert store.client.blob_name(p(name)) == name
         root = {(f.path, f.is_dir) for f in await store.list(p(""))}
         assert {(name, False), ("prefix", True)} <= root
         await store.delete(p(name))
@@ -333,8 +334,8 @@ async def test_user_delegation_refused_falls_back_to_501(
         error.status_code, error.error_code = 403, "AuthorizationPermissionMismatch"  # type: ignore[assignment]
         raise error
 
-    monkeypatch.setattr(store, "_account_key", None)
-    monkeypatch.setattr(store, "_delegation_key", refused)
+    monkeypatch.setattr(store.client, "account_key", None)  # as with a token credential: no key to sign with
+    monkeypatch.setattr(store.client.service, "get_user_delegation_key", refused)
     with pytest.raises(MultipartUploadUnsupported):
         await store.create_multipart_upload(p("f.bin"), 2)
     with pytest.raises(PresignedDownloadUnsupported):

@@ -137,9 +137,10 @@ def _azure(server: StorageServer, prefix: str, _: pytest.MonkeyPatch) -> Artifac
 
 async def _azure_names(store: Any, path: str) -> list[str]:
     # Committed blobs only: blocks staged by an upload that never committed are not blobs, and Azure drops them.
-    name = store._name(ArtifactPath(path))
+    name = store.client.blob_name(ArtifactPath(path))
     prefix = f"{name}/" if name else ""
-    return sorted([blob.name[len(prefix) :] async for blob in store._client().list_blobs(name_starts_with=prefix)])
+    blobs = store.client.container.list_blobs(name_starts_with=prefix)
+    return sorted([blob.name[len(prefix) :] async for blob in blobs])
 
 
 # SFTP ----------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Block ids and block lists for Azure block blobs (`app.storage.azure`): one id scheme for the blocks proxied
-uploads stage and for the parts clients PUT to presigned URLs, and the check that a completed part list names them.
+"""Block ids and block lists for Azure block blobs: one id scheme for the blocks proxied uploads stage and for the
+parts clients PUT to presigned URLs, and the check that a completed part list names them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Azure SDK errors mapped onto the service's error hierarchy, for the Azure Blob backend (`app.storage.azure`)."""
+"""Azure SDK errors mapped onto the service's error hierarchy: one table for every operation of the Azure backend."""
 
 from __future__ import annotations
 

@@ -1,25 +1,21 @@
-"""The plumbing AzureBlobStore (`app.storage.azure`) is built on: settings and credentials from the environment, the
-destination URI, the one BlobServiceClient per process, blob names and blob properties.
+"""The Azure connection of a store: one BlobServiceClient per process (built in `start`), the credentials behind it,
+the blob names of artifact paths, and blob properties (the head that reads and presigned downloads start from).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import UserDelegationKey
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import IsADirectoryArtifact, StorageUnavailable
 from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage import StoreConfigError
-from app.storage.azure_errors import error_code, storage_errors
+from app.storage.azure.config import AzureConfig, parse_wasbs
+from app.storage.azure.errors import error_code, storage_errors
 from app.storage.base import ObjectMeta
 
 logger = logging.getLogger("artifact_proxy.storage.azure")
@@ -28,54 +24,18 @@ http_logger = logging.getLogger("artifact_proxy.storage.azure.http")
 if http_logger.level == logging.NOTSET:
     http_logger.setLevel(logging.WARNING)
 
-MiB = 1024 * 1024
-
-
-class AzureConfig(BaseSettings):
-    """Azure credentials and tuning from the environment; secrets stay `SecretStr` so they never reach a log."""
-
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
-
-    connection_string: SecretStr | None = Field(None, validation_alias="AZURE_STORAGE_CONNECTION_STRING")
-    access_key: SecretStr | None = Field(None, validation_alias="AZURE_STORAGE_ACCESS_KEY")
-    block_size: int = Field(8 * MiB, ge=64 * 1024, le=4000 * MiB, validation_alias="ARTIFACT_PROXY_AZURE_BLOCK_SIZE")
-    # The SDK's default retries wait over a minute, eating the client's 120 s answer budget: fail fast to a 503.
-    max_retries: int = Field(3, ge=0, le=10, validation_alias="ARTIFACT_PROXY_AZURE_MAX_RETRIES")
-    retry_backoff: float = Field(0.5, ge=0, validation_alias="ARTIFACT_PROXY_AZURE_RETRY_BACKOFF")
-    api_version: str | None = Field(None, validation_alias="ARTIFACT_PROXY_AZURE_API_VERSION")
-
-
-def parse_wasbs(uri: str) -> tuple[str, str, str, str]:
-    """`wasbs://container@account.host/prefix` -> (container, account, host, prefix without outer slashes)."""
-    parts = urlsplit(uri)
-    if parts.scheme.lower() not in ("wasbs", "wasb") or not parts.username or not parts.hostname:
-        raise StoreConfigError(f"Use wasbs://<container>@<account>.blob.core.windows.net[/<prefix>], not {uri!r}")
-    prefix = "/".join(segment for segment in parts.path.split("/") if segment)
-    return parts.username, parts.hostname.split(".", 1)[0], parts.hostname, prefix
-
-
-def _has_account_key(connection_string: str) -> bool:
-    fields = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
-    return bool(fields.get("AccountKey"))
-
 
 class AzureClient:
-    """Base of AzureBlobStore: the service client, names and blob properties every operation uses."""
+    """The SDK clients of one `wasbs://` destination, and the blob each artifact path names in it."""
 
-    def __init__(self, uri: str, settings: Settings, config: AzureConfig | None = None) -> None:
-        self.settings = settings
-        self.config = config or AzureConfig()
+    def __init__(self, uri: str, settings: Settings, config: AzureConfig) -> None:
+        self.settings, self.config = settings, config
         self.container_name, self.account, self.host, self.prefix = parse_wasbs(uri)
-        conn = self.config.connection_string
-        # Signing needs an account key or a token credential (user delegation); a SAS-only connection string has none.
-        can_sign = conn is None or _has_account_key(conn.get_secret_value())
-        self.multipart_enabled = settings.enable_multipart and can_sign
-        self.presigned_download_enabled = settings.enable_presigned_download and can_sign
+        # Known once started: the key a SAS is signed with; without one, signing needs a user delegation key.
+        self.account_key: str | None = None
         self._service: BlobServiceClient | None = None
         self._container: ContainerClient | None = None
         self._credential: Any = None
-        self._account_key: str | None = None
-        self._delegation: tuple[UserDelegationKey, datetime] | None = None
 
     # lifecycle -----------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,7 +56,7 @@ class AzureClient:
         if self.config.api_version:
             options["api_version"] = self.config.api_version
         self._service = self._build_service(options)
-        self._account_key = getattr(self._service.credential, "account_key", None)
+        self.account_key = getattr(self._service.credential, "account_key", None)
         if self._service.account_name != self.account:
             names = (self._service.account_name, self.account)
             logger.warning("the connection string names account %r, the destination %r: using the former", *names)
@@ -129,36 +89,44 @@ class AzureClient:
 
     async def check_ready(self) -> None:
         with storage_errors("check", self.container_name):
-            await self._client().get_container_properties()
+            await self.container.get_container_properties()
 
-    # names ---------------------------------------------------------------------------------------------------------
-    def _client(self) -> ContainerClient:
+    # clients and names ---------------------------------------------------------------------------------------------
+    @property
+    def service(self) -> BlobServiceClient:
+        if self._service is None:
+            raise StorageUnavailable("The Azure store is not started")
+        return self._service
+
+    @property
+    def container(self) -> ContainerClient:
         if self._container is None:
             raise StorageUnavailable("The Azure store is not started")
         return self._container
 
-    def _name(self, path: ArtifactPath) -> str:
+    def blob_name(self, path: ArtifactPath) -> str:
         return "/".join(part for part in (self.prefix, path.canonical) if part)
 
-    def _blob(self, path: ArtifactPath) -> BlobClient:
-        return self._client().get_blob_client(self._name(path))
-
-    async def _has_children(self, name: str) -> bool:
-        async for _ in self._client().list_blobs(name_starts_with=name + "/", results_per_page=1):
-            return True
-        return False
+    def blob(self, path: ArtifactPath) -> BlobClient:
+        return self.container.get_blob_client(self.blob_name(path))
 
     # properties ----------------------------------------------------------------------------------------------------
-    async def _meta(self, path: ArtifactPath) -> ObjectMeta:
+    async def meta(self, path: ArtifactPath) -> ObjectMeta:
+        """The blob's size, ETag, time and recorded digest; a missing blob with blobs below it is a directory."""
         if path.is_root:
             raise IsADirectoryArtifact(path.canonical)
         with storage_errors("read", path.canonical):
             try:
-                props = await self._blob(path).get_blob_properties()
+                props = await self.blob(path).get_blob_properties()
             except ResourceNotFoundError as exc:
-                if error_code(exc) != "ContainerNotFound" and await self._has_children(self._name(path)):
+                if error_code(exc) != "ContainerNotFound" and await self._has_children(self.blob_name(path)):
                     raise IsADirectoryArtifact(path.canonical) from exc
                 raise
         etag = props.etag if props.etag.startswith('"') else f'"{props.etag}"'
         digest = (props.metadata or {}).get("sha256")
         return ObjectMeta(size=props.size, etag=etag, last_modified=props.last_modified.timestamp(), sha256=digest)
+
+    async def _has_children(self, name: str) -> bool:
+        async for _ in self.container.list_blobs(name_starts_with=name + "/", results_per_page=1):
+            return True
+        return False

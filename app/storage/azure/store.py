@@ -1,0 +1,152 @@
+"""AzureBlobStore: the artifact operations over one container, put together from the client (SDK clients, names,
+properties), the block writer (proxied uploads), the SAS signer and the block-list uploads (presigned multipart).
+Listing and deleting are here: they are short, and only the store needs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob.aio import BlobPrefix
+
+from app.downloads import content_disposition
+from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
+from app.paths import TEMP_PREFIX, ArtifactPath
+from app.settings import Settings
+from app.storage.azure.client import AzureClient
+from app.storage.azure.config import AzureConfig
+from app.storage.azure.errors import error_code, storage_errors
+from app.storage.azure.multipart import BlockListUploads
+from app.storage.azure.reader import AzureReadHandle
+from app.storage.azure.sas import SasSigner
+from app.storage.azure.writer import BlockWriter
+from app.storage.base import (
+    DEFAULT_COMPLETE,
+    DEFAULT_WRITE,
+    CompletedPart,
+    CompleteOptions,
+    CreatedMultipartUpload,
+    FileInfo,
+    PresignedUrl,
+    WriteOptions,
+)
+
+DELETE_CONCURRENCY = 16
+
+
+class AzureBlobStore:
+    """Artifacts as block blobs under `<prefix>/` in one container."""
+
+    def __init__(self, uri: str, settings: Settings, config: AzureConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or AzureConfig()
+        self.client = AzureClient(uri, settings, self.config)
+        self.multipart_enabled = settings.enable_multipart and self.config.can_sign
+        self.presigned_download_enabled = settings.enable_presigned_download and self.config.can_sign
+        self._writer = BlockWriter(self.client, self.config.block_size)
+        self._signer = SasSigner(self.client)
+        self._uploads = BlockListUploads(self.client, self._signer, settings)
+
+    # lifecycle -----------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def check_ready(self) -> None:
+        await self.client.check_ready()
+
+    # read and write ------------------------------------------------------------------------------------------------
+    async def open_read(self, path: ArtifactPath) -> AzureReadHandle:
+        meta = await self.client.meta(path)
+        return AzureReadHandle(self.client.blob(path), meta, path.canonical)
+
+    async def write(
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+    ) -> None:
+        if path.is_root:
+            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
+        await self._writer.write(path, chunks, size, options)
+
+    # list ----------------------------------------------------------------------------------------------------------
+    async def list(self, path: ArtifactPath) -> list[FileInfo]:
+        name = self.client.blob_name(path)
+        prefix = f"{name}/" if name else ""
+        infos: list[FileInfo] = []
+        with storage_errors("list", path.canonical):
+            async for item in self.client.container.walk_blobs(name_starts_with=prefix or None, delimiter="/"):
+                info = _listed(item, prefix)
+                if info is not None:
+                    infos.append(info)
+        infos.sort(key=lambda info: info.path)  # Azure orders whole names, and "b.txt" < "b/" but "b" < "b.txt"
+        return infos
+
+    # delete --------------------------------------------------------------------------------------------------------
+    async def delete(self, path: ArtifactPath) -> None:
+        if path.is_root:
+            raise InvalidParameter("Refusing to delete the artifact root")
+        name = self.client.blob_name(path)
+        with storage_errors("delete", path.canonical):
+            await self._delete_blob(name)
+            # Azurite rejects blob batches (400 InvalidInput), so delete one by one with bounded concurrency.
+            batch: list[str] = []
+            async for blob in self.client.container.list_blobs(name_starts_with=name + "/"):
+                batch.append(blob.name)
+                if len(batch) == DELETE_CONCURRENCY:
+                    await asyncio.gather(*(self._delete_blob(n) for n in batch))
+                    batch = []
+            await asyncio.gather(*(self._delete_blob(n) for n in batch))
+
+    async def _delete_blob(self, name: str) -> None:
+        try:
+            await self.client.container.delete_blob(name, delete_snapshots="include")
+        except ResourceNotFoundError as exc:
+            if error_code(exc) == "ContainerNotFound":
+                raise
+
+    # presigned multipart -------------------------------------------------------------------------------------------
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        if not self.multipart_enabled:
+            raise MultipartUploadUnsupported()
+        return await self._uploads.create(path, num_parts)
+
+    async def complete_multipart_upload(
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: Sequence[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
+    ) -> None:
+        await self._uploads.complete(path, parts, options)  # no upload id: the blob and its block ids are the upload
+
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+        # Uncommitted blocks are invisible, and Azure has no call to drop them: they go with the blob's next commit,
+        # or after 7 days. A refused complete (too large, or create-only against an existing blob) leaves them too.
+        return None
+
+    # presigned download --------------------------------------------------------------------------------------------
+    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+        if not self.presigned_download_enabled:
+            raise PresignedDownloadUnsupported()
+        meta = await self.client.meta(path)
+        ttl, disposition = self.settings.presigned_download_ttl, content_disposition(path.basename)
+        sas = await self._signer.sign(path, "r", ttl, PresignedDownloadUnsupported, content_disposition=disposition)
+        return PresignedUrl(url=f"{self.client.blob(path).url}?{sas}", headers={}, file_size=meta.size)
+
+
+def _listed(item: Any, prefix: str) -> FileInfo | None:
+    """One listing entry as a basename, or None for placeholders, stray keys and empty segments."""
+    name: str = item.name
+    if not name.startswith(prefix):  # the listing sanity check MLflow applies too
+        return None
+    rest = name[len(prefix) :]
+    if isinstance(item, BlobPrefix):
+        base = rest[:-1] if rest.endswith("/") else rest
+        return FileInfo(base, True) if base and "/" not in base else None
+    if not rest or "/" in rest or rest.startswith(TEMP_PREFIX):
+        return None
+    return FileInfo(rest, False, item.size)
