@@ -123,8 +123,8 @@ async def staged(backend: str, store: Any, path: str, upload_id: str | None) -> 
         listed = await store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store._key(ArtifactPath(path)))
         return any(upload["UploadId"] == upload_id for upload in listed.get("Uploads", []))
     if backend == "gcs":
-        prefix = f"{store._dir(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/"
-        page = await store.storage.list_objects(store.bucket, params={"prefix": prefix})
+        prefix = f"{store.client.dir_prefix(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/"
+        page = await store.client.storage.list_objects(store.client.bucket, params={"prefix": prefix})
         return bool(page.get("items"))
     return None
 
@@ -210,7 +210,7 @@ async def test_gcs_compose_is_create_only_and_a_refused_one_discards_its_parts(
     spec = next(backend for backend in BACKENDS if backend.name == "gcs")
     store = spec.make(storage_server_for("gcs"), fresh_prefix(), monkeypatch)
     await store.start()
-    real_send, conditional = store._send, []
+    real_send, conditional = store.client.send, []
 
     async def send_as_gcs(method: str, url: str, ok: Any, **kwargs: Any) -> Any:
         if url.endswith("/compose") and (kwargs.get("params") or {}).get("ifGenerationMatch") == "0":
@@ -225,7 +225,7 @@ async def test_gcs_compose_is_create_only_and_a_refused_one_discards_its_parts(
 
     from app.storage.base import CompleteOptions  # here, so the module's other tests also run against old code
 
-    monkeypatch.setattr(store, "_send", send_as_gcs)
+    monkeypatch.setattr(store.client, "send", send_as_gcs)
     create_only = CompleteOptions(create_only=True)
     try:
         path = ArtifactPath("d/model.bin")

@@ -32,7 +32,7 @@ from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import CompletedPart, FileInfo, supports_multipart_upload, supports_presigned_download
 from app.storage.gcs import GCSConfig, GCSStore
-from app.storage.gcs_signing import find_signing_key, signed_url
+from app.storage.gcs.signing import find_signing_key, signed_url
 from tests.servers import StorageServer, stop_process
 from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
 from tests.utils.streams import read_all, stream
@@ -90,12 +90,12 @@ async def test_list_follows_pages(store: GCSStore, monkeypatch: pytest.MonkeyPat
     for i in range(7):
         await store.write(p(f"many/f{i}"), stream(b"x"), None)
         await store.write(p(f"many/d{i}/x"), stream(b"x"), None)
-    real = store.storage.list_objects
+    real = store.client.storage.list_objects
 
     async def small_pages(bucket: str, *, params: dict[str, str], **kw: object) -> dict[str, object]:
         return await real(bucket, params={**params, "maxResults": "3"})
 
-    monkeypatch.setattr(store.storage, "list_objects", small_pages)
+    monkeypatch.setattr(store.client.storage, "list_objects", small_pages)
     listed = await store.list(p("many"))
     assert sorted(i.path for i in listed if not i.is_dir) == [f"f{i}" for i in range(7)]
     assert sorted(i.path for i in listed if i.is_dir) == [f"d{i}" for i in range(7)]
@@ -115,7 +115,7 @@ def upload_parts(urls: list[str], parts: list[bytes]) -> list[CompletedPart]:
 
 
 def staging_prefix(store: GCSStore) -> str:
-    return f"{store.prefix}/.artifact.uploading.mpu/"
+    return f"{store.client.prefix}/.artifact.uploading.mpu/"
 
 
 async def test_multipart_round_trip_and_cleanup(store: GCSStore, gcs_server: StorageServer) -> None:
@@ -177,7 +177,7 @@ async def test_presigned_download_with_range(store: GCSStore, gcs_server: Storag
     await store.write(p("dl/file.bin"), stream(data), None)
     signed = await store.presign_download(p("dl/file.bin"))
     assert signed.file_size == len(data) and signed.headers == {}
-    assert signed.url.startswith(f"{gcs_server.endpoint}/{BUCKET}/{store.prefix}/dl/file.bin?")
+    assert signed.url.startswith(f"{gcs_server.endpoint}/{BUCKET}/{store.client.prefix}/dl/file.bin?")
     assert "response-content-disposition=attachment%3B%20filename%3Dfile.bin" in signed.url
     assert "X-Goog-Expires=300&" in signed.url
     response = httpx.get(signed.url, headers={"Range": "bytes=5-1004"})
@@ -234,8 +234,8 @@ def test_signature_matches_gcloud_aio_signer(gcs_server: StorageServer, monkeypa
 
 # errors ------------------------------------------------------------------------------------------------------------
 async def test_missing_bucket_is_misconfiguration(gcs_server: StorageServer) -> None:
-    gcs = make_store(gcs_server, "x")
-    gcs.bucket = "no-such-bucket"
+    config = GCSConfig(api_root=gcs_server.endpoint, credentials_file=gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"])
+    gcs = GCSStore("gs://no-such-bucket/x", Settings(storage_timeout=5), config)
     await gcs.start()
     try:
         with pytest.raises(StorageMisconfigured):

@@ -118,8 +118,8 @@ def _gcs(server: StorageServer, prefix: str, _: pytest.MonkeyPatch) -> ArtifactS
 
 
 async def _gcs_names(store: Any, path: str) -> list[str]:
-    prefix = store._dir(ArtifactPath(path))
-    page = await store.storage.list_objects(store.bucket, params={"prefix": prefix})
+    prefix = store.client.dir_prefix(ArtifactPath(path))
+    page = await store.client.storage.list_objects(store.client.bucket, params={"prefix": prefix})
     return sorted(item["name"][len(prefix) :] for item in page.get("items", []))
 
 

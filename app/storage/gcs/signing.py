@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gcloud.aio.auth.token import get_service_data
 
+from app.storage.gcs.config import PUBLIC_ENDPOINT
+
 MAX_EXPIRY = 7 * 24 * 3600  # the V4 maximum
-PUBLIC_ENDPOINT = "https://storage.googleapis.com"
 
 
 class SigningKey:
@@ -96,10 +97,28 @@ def signed_url(
     return f"{base.scheme}://{base.netloc}{canonical_uri}?{canonical_query}&X-Goog-Signature={signature}"
 
 
-def sign_many(key: SigningKey, method: str, bucket: str, names: list[str], expires_in: int, base_url: str) -> list[str]:
-    """Sign a batch with one timestamp; meant for one thread hop (RSA signing costs ~1 ms per URL)."""
-    now = datetime.now(UTC)
-    return [
-        signed_url(key, method=method, bucket=bucket, object_name=n, expires_in=expires_in, base_url=base_url, now=now)
-        for n in names
-    ]
+class URLSigner:
+    """Signed URLs for the objects of one bucket, as reached at `base_url`."""
+
+    def __init__(self, key: SigningKey, bucket: str, base_url: str) -> None:
+        self.key, self.bucket, self.base_url = key, bucket, base_url
+
+    def url(self, method: str, object_name: str, expires_in: int, query: Mapping[str, str] | None = None) -> str:
+        return signed_url(
+            self.key,
+            method=method,
+            bucket=self.bucket,
+            object_name=object_name,
+            expires_in=expires_in,
+            base_url=self.base_url,
+            query=query,
+        )
+
+    def urls(self, method: str, names: list[str], expires_in: int) -> list[str]:
+        """Sign a batch with one timestamp; meant for one thread hop (RSA signing costs ~1 ms per URL)."""
+        now = datetime.now(UTC)
+        key, bucket, base = self.key, self.bucket, self.base_url
+        return [
+            signed_url(key, method=method, bucket=bucket, object_name=n, expires_in=expires_in, base_url=base, now=now)
+            for n in names
+        ]

@@ -1,4 +1,4 @@
-"""Presigned multipart uploads for GCSStore (`app.storage.gcs`), without the XML API.
+"""Presigned multipart uploads to GCS, without the XML API.
 
 Neither gcloud-aio nor fake-gcs-server has XML-API multipart, so each part is a staging object under the reserved
 `.artifact.uploading.mpu/` segment, PUT by the client to a V4-signed URL and composed into the target at complete
@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -30,9 +31,10 @@ from app.errors import (
     ResourceNotFound,
 )
 from app.paths import TEMP_PREFIX, ArtifactPath
+from app.settings import Settings
 from app.storage.base import DEFAULT_COMPLETE, CompletedPart, CompleteOptions, CreatedMultipartUpload, PartCredential
-from app.storage.gcs_client import OCTET, GCSClient, logger
-from app.storage.gcs_signing import sign_many
+from app.storage.gcs.client import OCTET, GCSClient, bounded, logger
+from app.storage.gcs.signing import URLSigner
 
 COMPOSE_LIMIT = 32  # sources per compose call
 STAGING_DIR = f"{TEMP_PREFIX}mpu"
@@ -42,31 +44,33 @@ MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 UPLOAD_ID_KEY = "artifact-proxy-upload-id"  # custom metadata on a composed object, so a retried complete succeeds
 
 
-class GCSMultipart(GCSClient):
-    """The MultipartUploads capability of GCSStore: parts as staging objects, composed at complete."""
+class ComposedUploads:
+    """Multipart uploads of one bucket: parts as staging objects, composed into the target at complete."""
+
+    def __init__(self, client: GCSClient, signer: URLSigner | None, settings: Settings) -> None:
+        self._client, self._signer, self._settings = client, signer, settings  # no signer: no part URLs
 
     def _staging(self, path: ArtifactPath, upload_id: str) -> str:
         # Bound to the key as well as the id: completing an upload under another path finds nothing.
         key_hash = hashlib.sha256(path.canonical.encode()).hexdigest()[:32]
-        return f"{self._dir(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/{key_hash}/"
+        return f"{self._client.dir_prefix(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/{key_hash}/"
 
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
-        if not self.multipart_enabled or self._key is None:
+    async def create(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        if self._signer is None:
             raise MultipartUploadUnsupported()
         upload_id = secrets.token_hex(16)
         staging = self._staging(path, upload_id)
         names = [f"{staging}part-{i:05d}" for i in range(1, num_parts + 1)]
-        ttl = self.settings.multipart_url_ttl
+        ttl = self._settings.multipart_url_ttl
         # RSA signing costs about 1 ms per URL: one thread hop for the batch keeps the event loop free.
-        base = self.signed_url_base
-        urls = await anyio.to_thread.run_sync(sign_many, self._key, "PUT", self.bucket, names, ttl, base)
+        urls = await anyio.to_thread.run_sync(self._signer.urls, "PUT", names, ttl)
         return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
 
-    async def complete_multipart_upload(
+    async def complete(
         self,
         path: ArtifactPath,
         upload_id: str | None,
-        parts: list[CompletedPart],
+        parts: Sequence[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         if not upload_id or not UPLOAD_ID.match(upload_id):
@@ -76,7 +80,7 @@ class GCSMultipart(GCSClient):
             raise InvalidParameter("'parts' must list part numbers 1..N in order, without gaps")
         staging = self._staging(path, upload_id)
         staged: dict[int, dict[str, Any]] = {}
-        async for page in self._pages(staging):
+        async for page in self._client.pages(staging):
             for item in page.get("items", []):
                 if match := PART_NAME.search(item["name"]):
                     staged[int(match.group(1))] = item
@@ -100,13 +104,13 @@ class GCSMultipart(GCSClient):
 
     async def _discard(self, staging: str, upload_id: str) -> None:
         try:
-            await self._delete_prefix(staging)
+            await self._client.delete_prefix(staging)
         except ArtifactProxyError:
             logger.warning("could not remove the staging objects of upload %s", upload_id)
 
     async def _completed_by(self, path: ArtifactPath, upload_id: str) -> bool:
         try:
-            data = await self._stat(path)
+            data = await self._client.stat(path)
         except (ArtifactNotFound, IsADirectoryArtifact):
             return False
         return bool((data.get("metadata") or {}).get(UPLOAD_ID_KEY) == upload_id)
@@ -119,11 +123,13 @@ class GCSMultipart(GCSClient):
             level += 1
             groups = [sources[i : i + COMPOSE_LIMIT] for i in range(0, len(sources), COMPOSE_LIMIT)]
             names = [f"{staging}compose-{level}-{j:05d}" for j in range(len(groups))]
-            await self._bounded(self._compose(n, g, {}) for n, g in zip(names, groups, strict=True))
+            await bounded(self._compose(n, g, {}) for n, g in zip(names, groups, strict=True))
             sources = names
         # ifGenerationMatch=0: the target may not exist yet, checked atomically by GCS as the object is written.
         condition = {"ifGenerationMatch": "0"} if options.create_only else {}
-        await self._compose(self._name(path), sources, {UPLOAD_ID_KEY: upload_id}, condition, created=path)
+        await self._compose(
+            self._client.object_name(path), sources, {UPLOAD_ID_KEY: upload_id}, condition, created=path
+        )
 
     async def _compose(
         self,
@@ -137,10 +143,11 @@ class GCSMultipart(GCSClient):
             "sourceObjects": [{"name": source} for source in sources],
             "destination": {"contentType": OCTET, "metadata": metadata},
         }
-        with self._errors("composing an upload", created=created):
-            resp = await self._send(
+        client = self._client
+        with client.errors("composing an upload", created=created):
+            resp = await client.send(
                 "POST",
-                f"{self._object_url(target)}/compose",
+                f"{client.object_url(target)}/compose",
                 (200,),
                 params=condition or None,
                 data=json.dumps(body),
@@ -148,12 +155,12 @@ class GCSMultipart(GCSClient):
             )
             resp.release()
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort(self, path: ArtifactPath, upload_id: str | None) -> None:
         if upload_id and UPLOAD_ID.match(upload_id):  # anything else names no upload: nothing to abort
-            await self._delete_prefix(self._staging(path, upload_id))
+            await self._client.delete_prefix(self._staging(path, upload_id))
 
 
-def _check_parts(parts: list[CompletedPart], staged: dict[int, dict[str, Any]]) -> None:
+def _check_parts(parts: Sequence[CompletedPart], staged: dict[int, dict[str, Any]]) -> None:
     missing = [part.part_number for part in parts if part.part_number not in staged]
     if missing:
         raise InvalidParameter(f"Multipart upload is missing parts {missing[:10]}: upload them before completing")

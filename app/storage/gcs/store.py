@@ -1,0 +1,141 @@
+"""GCSStore: the artifact operations over one bucket prefix, put together from the client (session, names, requests,
+object primitives), the object writer (proxied uploads), the URL signer and the composed uploads (presigned
+multipart). Listing and deleting are here: they are short, and only the store needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+
+from app.downloads import content_disposition
+from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
+from app.paths import TEMP_PREFIX, ArtifactPath
+from app.settings import Settings
+from app.storage import StoreConfigError
+from app.storage.base import (
+    DEFAULT_COMPLETE,
+    DEFAULT_WRITE,
+    CompletedPart,
+    CompleteOptions,
+    CreatedMultipartUpload,
+    FileInfo,
+    ObjectMeta,
+    PresignedUrl,
+    WriteOptions,
+)
+from app.storage.gcs.client import GCSClient, logger
+from app.storage.gcs.config import GCSConfig, parse_gs_uri
+from app.storage.gcs.multipart import ComposedUploads
+from app.storage.gcs.reader import MAX_READ_CHUNK, GCSReadHandle
+from app.storage.gcs.signing import URLSigner, find_signing_key
+from app.storage.gcs.writer import ObjectWriter
+
+
+class GCSStore:
+    """Artifacts as objects under `gs://bucket/prefix/`."""
+
+    def __init__(self, uri: str, settings: Settings, config: GCSConfig | None = None) -> None:
+        bucket, prefix = parse_gs_uri(uri)
+        self.settings, self.config = settings, config or GCSConfig()
+        self.client = GCSClient(bucket, prefix, settings, self.config)
+        try:
+            key = find_signing_key(self.config.credentials_file)
+        except (OSError, ValueError) as exc:
+            raise StoreConfigError(f"Cannot use the Google credentials ({type(exc).__name__}): {exc}") from exc
+        # Signed URLs point where clients must reach the bucket: the configured base, else the API root.
+        base_url = self.config.signed_url_base or self.client.api_root
+        self._signer = URLSigner(key, bucket, base_url) if key is not None else None
+        self.multipart_enabled = settings.enable_multipart and self._signer is not None
+        self.presigned_download_enabled = settings.enable_presigned_download and self._signer is not None
+        self._read_chunk = min(self.config.download_chunk_size or settings.download_chunk_size, MAX_READ_CHUNK)
+        self._writer = ObjectWriter(self.client, self.config.upload_block)
+        self._uploads = ComposedUploads(self.client, self._signer, settings)
+
+    # lifecycle -----------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.client.start()
+        signer = f"as {self._signer.key.client_email}" if self._signer else "unavailable (no service-account key)"
+        client = self.client
+        logger.info(
+            "GCS store gs://%s/%s via %s; URL signing %s", client.bucket, client.prefix, client.api_root, signer
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def check_ready(self) -> None:
+        await self.client.check_ready()
+
+    # read and write ------------------------------------------------------------------------------------------------
+    async def open_read(self, path: ArtifactPath) -> GCSReadHandle:
+        data = await self.client.stat(path)
+        updated, generation = data.get("updated"), data.get("generation")
+        meta = ObjectMeta(
+            sha256=(data.get("metadata") or {}).get("sha256"),
+            size=int(data.get("size", 0)),
+            etag=f'"{generation}"' if generation else None,
+            last_modified=datetime.fromisoformat(updated).timestamp() if updated else None,
+        )
+        return GCSReadHandle(self.client, path, meta, generation, self._read_chunk)
+
+    async def write(
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+    ) -> None:
+        if path.is_root:
+            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
+        await self._writer.write(path, chunks, options)  # the size is not needed: the last chunk tells GCS the total
+
+    # list and delete -----------------------------------------------------------------------------------------------
+    async def list(self, path: ArtifactPath) -> list[FileInfo]:
+        prefix, infos = self.client.dir_prefix(path), []
+        async for page in self.client.pages(prefix, "/"):
+            for item in page.get("items", []):
+                if base := _child(item["name"], prefix):
+                    infos.append(FileInfo(base, False, int(item.get("size", 0))))
+            for sub in page.get("prefixes", []):
+                if base := _child(sub[:-1], prefix):
+                    infos.append(FileInfo(base, True))
+        infos.sort(key=lambda info: info.path)  # GCS orders whole names (files, then prefixes): not our order
+        return infos
+
+    async def delete(self, path: ArtifactPath) -> None:
+        if path.is_root:
+            raise InvalidParameter("Refusing to delete the artifact root")
+        await self.client.delete_objects([self.client.object_name(path)])
+        await self.client.delete_prefix(self.client.dir_prefix(path))
+
+    # presigned multipart -------------------------------------------------------------------------------------------
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        if not self.multipart_enabled:
+            raise MultipartUploadUnsupported()
+        return await self._uploads.create(path, num_parts)
+
+    async def complete_multipart_upload(
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: Sequence[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
+    ) -> None:
+        await self._uploads.complete(path, upload_id, parts, options)
+
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+        await self._uploads.abort(path, upload_id)
+
+    # presigned download --------------------------------------------------------------------------------------------
+    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+        if not self.presigned_download_enabled or self._signer is None:
+            raise PresignedDownloadUnsupported()
+        data = await self.client.stat(path)
+        query = {"response-content-disposition": content_disposition(path.basename)}
+        if data.get("generation"):
+            query["generation"] = str(data["generation"])  # every ranged fetch then reads the same version
+        url = self._signer.url("GET", self.client.object_name(path), self.settings.presigned_download_ttl, query)
+        return PresignedUrl(url, {}, int(data.get("size", 0)))
+
+
+def _child(name: str, prefix: str) -> str | None:
+    """The basename of a listed key one level below `prefix`; None for the placeholder, strays and staging."""
+    base = name[len(prefix) :] if name.startswith(prefix) else ""
+    return base if base and "/" not in base and not base.startswith(TEMP_PREFIX) else None
