@@ -7,89 +7,30 @@ validation per request, and at most one thread hop for a small file.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
-import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from app.auth import Operation, authorize
-from app.downloads import ByteRange, RangeNotSatisfiable, base_headers, if_range_matches, parse_range
-from app.errors import (
-    AlreadyExists,
-    ArtifactNotFound,
-    IncompleteBody,
-    InvalidParameter,
-    IsADirectoryArtifact,
-    PayloadTooLarge,
-    UploadStalled,
-    error_response,
+from app.deps import (
+    EMPTY_JSON,
+    announced_length,
+    counted_body,
+    refuse_announced,
+    refuse_existing,
+    settings_of,
+    store_of,
 )
+from app.downloads import ReadHandleResponse, plan_download
+from app.errors import InvalidParameter, PayloadTooLarge, error_response
 from app.integrity import DigestingStream, expected_digests, repr_digest
 from app.paths import ArtifactPath, canonical_path, file_path
 from app.schemas import list_json
 from app.settings import Settings
-from app.storage.base import ArtifactStore, ObjectMeta, ReadHandle, WriteOptions, supports_multipart_upload
+from app.storage.base import ArtifactStore, WriteOptions, supports_multipart_upload
 
 logger = logging.getLogger("artifact_proxy.artifacts")
-
-EMPTY_JSON = b"{}"
-# Responses up to this size go out in one or two sends; only longer ones are worth a disconnect watcher task.
-WATCH_DISCONNECT_ABOVE = 1024 * 1024
-
-
-def store_of(request: Request) -> ArtifactStore:
-    store: ArtifactStore = request.app.state.store
-    return store
-
-
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-class ReadHandleResponse(Response):
-    """Streams one byte range of an opened object, and always closes the handle (disconnects included)."""
-
-    def __init__(self, handle: ReadHandle, byte_range: ByteRange, status_code: int, headers: dict[str, str]) -> None:
-        super().__init__(status_code=status_code, headers=headers)
-        self.handle = handle
-        self.byte_range = byte_range
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            if self.byte_range.end - self.byte_range.start <= WATCH_DISCONNECT_ABOVE:
-                await self._stream(send)
-                return
-            # uvicorn drops sends after a disconnect without telling us: watch for it, or a vanished client
-            # would still have the whole object read from storage.
-            async with anyio.create_task_group() as group:
-
-                async def stream_then_stop() -> None:
-                    await self._stream(send)
-                    group.cancel_scope.cancel()
-
-                async def stop_on_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    logger.debug("client went away during download of %s", scope.get("path"))
-                    group.cancel_scope.cancel()
-
-                group.start_soon(stream_then_stop)
-                group.start_soon(stop_on_disconnect)
-        except OSError:
-            logger.debug("client went away during download of %s", scope.get("path"))
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.handle.aclose()
-
-    async def _stream(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for chunk in self.handle.iter_range(self.byte_range.start, self.byte_range.end):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def download(request: Request) -> Response:
@@ -101,7 +42,7 @@ async def download(request: Request) -> Response:
 async def serve_download(request: Request, path: ArtifactPath) -> Response:
     handle = await store_of(request).open_read(path)
     try:
-        status, headers, byte_range = _plan_download(request, path, handle.meta)
+        status, headers, byte_range = plan_download(request.headers, path, handle.meta)
     except BaseException:
         await handle.aclose()
         raise
@@ -113,23 +54,6 @@ async def serve_download(request: Request, path: ArtifactPath) -> Response:
         response.body = b""
         return response
     return ReadHandleResponse(handle, byte_range, status, headers)
-
-
-def _plan_download(request: Request, path: ArtifactPath, meta: ObjectMeta) -> tuple[int, dict[str, str], ByteRange]:
-    """Status, headers and byte range for a GET/HEAD, honouring Range and If-Range."""
-    headers = base_headers(path.basename, meta)
-    status, byte_range = 200, ByteRange(0, meta.size)
-    if if_range_matches(request.headers.get("if-range"), meta):
-        try:
-            requested = parse_range(request.headers.get("range"), meta.size)
-        except RangeNotSatisfiable:
-            headers["content-range"] = f"bytes */{meta.size}"
-            return 416, headers, byte_range
-        if requested is not None:
-            status, byte_range = 206, requested
-            headers["content-range"] = f"bytes {requested.start}-{requested.end - 1}/{meta.size}"
-    headers["content-length"] = str(byte_range.end - byte_range.start)
-    return status, headers, byte_range
 
 
 async def upload(request: Request) -> Response:
@@ -159,31 +83,6 @@ async def upload(request: Request) -> Response:
     return Response(EMPTY_JSON, media_type="application/json", headers=headers)
 
 
-async def refuse_existing(store: ArtifactStore, path: ArtifactPath) -> None:
-    """Refuse a create-only upload before its body is read; the backend's atomic condition still settles races."""
-    try:
-        handle = await store.open_read(path)
-    except (ArtifactNotFound, IsADirectoryArtifact):
-        return
-    await handle.aclose()
-    raise AlreadyExists(path.canonical)
-
-
-def announced_length(request: Request) -> int | None:
-    raw = request.headers.get("content-length")
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise InvalidParameter("Invalid Content-Length")
-    return int(raw)
-
-
-def refuse_announced(announced: int | None, limit: int | None) -> None:
-    """413 before the body is read, when its Content-Length alone is over `limit`."""
-    if announced is not None and limit is not None and announced > limit:
-        raise PayloadTooLarge(f"Upload of {announced} bytes exceeds the limit of {limit} bytes")
-
-
 def _size_limit(announced: int | None, settings: Settings, store: ArtifactStore) -> tuple[int | None, str | None]:
     """Refuse a proxied PUT by its Content-Length; else the most bytes its body may bring, and what the 413 says
     past them. A chunked body announces nothing, so the presigned-only rule is enforced while it streams too."""
@@ -199,33 +98,6 @@ def _size_limit(announced: int | None, settings: Settings, store: ArtifactStore)
     if limit is not None and limit <= multipart_above:
         return limit, None
     return multipart_above, use_multipart
-
-
-async def counted_body(
-    request: Request, announced: int | None, limit: int | None, idle_timeout: float, too_large: str | None = None
-) -> AsyncIterator[bytes]:
-    """The request body, refused past `limit` (413, saying `too_large` if given), past its Content-Length or short
-    of it (400), and abandoned after `idle_timeout` seconds without a byte (408)."""
-    received = 0
-    body = request.stream()
-    while True:
-        # A client that stops sending without closing would otherwise hold a temp file or an open multipart
-        # upload for ever.
-        with anyio.move_on_after(idle_timeout) as idle:
-            try:
-                chunk = await anext(body)
-            except StopAsyncIteration:
-                break
-        if idle.cancelled_caught:
-            raise UploadStalled(f"No request body bytes for {idle_timeout:g} s; upload abandoned")
-        received += len(chunk)
-        if limit is not None and received > limit:
-            raise PayloadTooLarge(too_large or f"Upload exceeds the limit of {limit} bytes")
-        if announced is not None and received > announced:
-            raise IncompleteBody("Request body is longer than its Content-Length")
-        yield chunk
-    if announced is not None and received != announced:
-        raise IncompleteBody(f"Request body ended after {received} of {announced} bytes")
 
 
 async def list_artifacts(request: Request) -> Response:

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from app.deps import store_of
 from app.errors import ArtifactProxyError, error_response
-from app.routes.artifacts import store_of
 from app.schemas import ServerInfo
 from app.settings import Settings
 from app.signing import signs_own_urls, trusted_base_url

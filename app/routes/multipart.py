@@ -17,9 +17,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.auth import Operation, authenticate, authorize
+from app.deps import EMPTY_JSON, announced_length, counted_body, refuse_existing, settings_of, store_of
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PayloadTooLarge, PresignedDownloadUnsupported
 from app.paths import ArtifactPath, canonical_path, multipart_target
-from app.routes.artifacts import EMPTY_JSON, announced_length, counted_body, refuse_existing, settings_of, store_of
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
 from app.signing import current_base_url, signs_own_urls, trusted_base_url
 from app.storage.base import (

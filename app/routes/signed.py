@@ -15,18 +15,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.deps import EMPTY_JSON, announced_length, counted_body, refuse_announced, settings_of, store_of
 from app.errors import ResourceNotFound, error_response
 from app.metrics import AUDIT_KEY
 from app.paths import ArtifactPath, canonical_path
-from app.routes.artifacts import (
-    EMPTY_JSON,
-    announced_length,
-    counted_body,
-    refuse_announced,
-    serve_download,
-    settings_of,
-    store_of,
-)
+from app.routes.artifacts import serve_download
 from app.signing import DOWNLOAD_ROUTE, PART_ROUTE, UrlSigner
 
 logger = logging.getLogger("artifact_proxy.signed")
