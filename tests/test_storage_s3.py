@@ -27,9 +27,13 @@ from app.errors import (
 )
 from app.paths import ArtifactPath
 from app.settings import Settings
-from app.storage import s3 as s3_module
 from app.storage.base import CompletedPart, WriteOptions, supports_multipart_upload, supports_presigned_download
-from app.storage.s3 import MiB, S3Config, S3Store, map_error, multipart_etag, parse_s3_uri, part_size_for
+from app.storage.s3 import S3Config, S3Store
+from app.storage.s3 import store as store_module
+from app.storage.s3.client import MiB, _checksum_calculation, parse_s3_uri
+from app.storage.s3.errors import map_error
+from app.storage.s3.presign import multipart_etag
+from app.storage.s3.upload import _PartBuffer, part_size_for
 from tests.servers import StorageServer
 from tests.servers.s3 import moto_server, restart_seaweedfs, seaweedfs_server, stop_seaweedfs
 from tests.utils.streams import read_all, stream
@@ -221,7 +225,7 @@ async def test_failed_part_stops_reading_and_aborts(seaweed: StorageServer, monk
 
 
 async def test_too_many_parts_is_refused_and_aborted(store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(s3_module, "MAX_PARTS", 2)
+    monkeypatch.setattr(store_module, "MAX_PARTS", 2)
     with pytest.raises(PayloadTooLarge):
         await store.write(p("many-parts.bin"), stream(blob(2 * 8 * MiB + 1, seed=13)), None)
     assert await pending_uploads(store, "many-parts.bin") == []
@@ -250,13 +254,13 @@ async def test_upload_part_requests_over_http(store: S3Store) -> None:
 
 
 def test_checksums_follow_the_endpoint_scheme() -> None:
-    assert s3_module._checksum_calculation("http://127.0.0.1:8333") == "when_required"
-    assert s3_module._checksum_calculation("https://s3.example.com") == "when_supported"
-    assert s3_module._checksum_calculation(None) == "when_supported"  # AWS itself, over HTTPS
+    assert _checksum_calculation("http://127.0.0.1:8333") == "when_required"
+    assert _checksum_calculation("https://s3.example.com") == "when_supported"
+    assert _checksum_calculation(None) == "when_supported"  # AWS itself, over HTTPS
 
 
 def test_part_buffer_slices_are_views() -> None:
-    buffer = s3_module._PartBuffer(b"abcdef")
+    buffer = _PartBuffer(b"abcdef")
     view = buffer[:4]
     assert isinstance(view, memoryview) and bytes(view) == b"abcd"
     buffer[0:1] = b"z"

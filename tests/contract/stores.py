@@ -87,8 +87,8 @@ def _botocore_session() -> Any:
 
 
 def _s3(server: StorageServer, prefix: str, env: pytest.MonkeyPatch) -> ArtifactStore:
-    from app.storage import s3_client
     from app.storage.s3 import S3Config, S3Store
+    from app.storage.s3 import client as s3_client
 
     for name, value in server.env.items():  # credentials are only ever read from the environment, at start()
         env.setenv(name, value)

@@ -4,8 +4,8 @@ One aiobotocore client per process, opened in `start()`, so its connection pool 
 client exists only when presigned URLs must name a different (public) endpoint than the one the server uses: SigV4
 signs the Host, so a URL signed for an internal endpoint fails for clients outside.
 
-Settings, clients, keys and shared primitives live in `s3_client`, error mapping in `s3_errors`, streamed multipart
-uploads in `s3_upload`, presigned multipart and downloads in `s3_presign`.
+Settings, clients, keys and shared primitives live in `client`, error mapping in `errors`, streamed multipart uploads
+in `upload`, presigned multipart and downloads in `presign`.
 """
 
 from __future__ import annotations
@@ -19,25 +19,10 @@ from app.errors import InvalidParameter
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, WriteOptions
 from app.storage.chunks import prepend
-from app.storage.s3_client import DIGEST_TAG, MiB, S3Client, S3Config, parse_s3_uri
-from app.storage.s3_client import _checksum_calculation as _checksum_calculation
-from app.storage.s3_errors import map_error
-from app.storage.s3_presign import S3Presign, multipart_etag
-from app.storage.s3_upload import MAX_PARTS, S3Upload, _first_part, part_size_for
-from app.storage.s3_upload import _PartBuffer as _PartBuffer
-
-# These live in the sibling modules; callers and tests import them from here too (and tests lower MAX_PARTS here).
-__all__ = [
-    "MAX_PARTS",
-    "MiB",
-    "S3Config",
-    "S3ReadHandle",
-    "S3Store",
-    "map_error",
-    "multipart_etag",
-    "parse_s3_uri",
-    "part_size_for",
-]
+from app.storage.s3.client import DIGEST_TAG, S3Client
+from app.storage.s3.errors import map_error
+from app.storage.s3.presign import S3Presign
+from app.storage.s3.upload import MAX_PARTS, S3Upload, _first_part, part_size_for
 
 DELETE_BATCH = 1000  # the DeleteObjects limit
 
@@ -86,7 +71,7 @@ class S3Store(S3Presign, S3Upload, S3Client):
     """Artifacts as objects under `s3://bucket/prefix`."""
 
     def _max_parts(self) -> int:
-        return MAX_PARTS  # this module's name, read per upload: a test lowers `app.storage.s3.MAX_PARTS`
+        return MAX_PARTS  # this module's name, read per upload: a test lowers `app.storage.s3.store.MAX_PARTS`
 
     # read ----------------------------------------------------------------------------------------------------------
     async def open_read(self, path: ArtifactPath) -> S3ReadHandle:

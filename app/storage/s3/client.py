@@ -20,7 +20,7 @@ from app.errors import ArtifactNotFound, ArtifactProxyError, IsADirectoryArtifac
 from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import ObjectMeta
-from app.storage.s3_errors import logger, map_error
+from app.storage.s3.errors import logger, map_error
 
 MiB = 1024 * 1024
 ABORT_GRACE = 30.0  # seconds a shielded abort may take after a failure or cancellation

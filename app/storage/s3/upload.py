@@ -1,7 +1,7 @@
 """Streamed uploads for S3Store (`app.storage.s3`): part sizing, a pool of reusable part buffers, and server-side
 multipart uploads with up to `upload_concurrency` parts in flight.
 
-A body that ends within the first part goes as one PutObject (in `app.storage.s3`); a longer one is copied once into
+A body that ends within the first part goes as one PutObject (in `store`); a longer one is copied once into
 part buffers, each uploaded as soon as it is full. Memory stays at `upload_concurrency + 1` parts per upload, and a
 failed or cancelled upload is aborted.
 """
@@ -17,7 +17,7 @@ import anyio
 
 from app.errors import ArtifactProxyError, PayloadTooLarge
 from app.paths import ArtifactPath
-from app.storage.s3_client import DIGEST_TAG, ETAG_TAG, MiB, S3Client
+from app.storage.s3.client import DIGEST_TAG, ETAG_TAG, MiB, S3Client
 
 MAX_PARTS = 10_000
 

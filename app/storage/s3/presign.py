@@ -1,6 +1,6 @@
 """Presigned URLs for S3Store (`app.storage.s3`): multipart uploads whose parts clients PUT straight to S3 with
 presigned UploadPart URLs, and presigned downloads. URLs are signed by `_signer`, the client for the public endpoint
-when one is set (see `s3_client`): SigV4 signs the Host, so a URL signed for an internal endpoint fails outside.
+when one is set (see `client`): SigV4 signs the Host, so a URL signed for an internal endpoint fails outside.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from app.storage.base import (
     PartCredential,
     PresignedUrl,
 )
-from app.storage.s3_client import S3Client
+from app.storage.s3.client import S3Client
 
 
 def multipart_etag(etags: Sequence[str]) -> str | None:
