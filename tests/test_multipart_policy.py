@@ -120,7 +120,8 @@ async def staged(backend: str, store: Any, path: str, upload_id: str | None) -> 
     if backend == "local":
         return os.path.exists(os.path.join(store.root, STAGING_DIR, str(upload_id)))
     if backend == "s3":
-        listed = await store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store._key(ArtifactPath(path)))
+        s3 = store.client
+        listed = await s3.sdk.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3.key(ArtifactPath(path)))
         return any(upload["UploadId"] == upload_id for upload in listed.get("Uploads", []))
     if backend == "gcs":
         prefix = f"{store.client.dir_prefix(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/"

@@ -106,7 +106,7 @@ async def test_expired_s3_presigned_download_is_refused(s3: S3Store, monkeypatch
     def an_hour_ago(remove_tzinfo: bool = True) -> datetime:  # botocore's SigV4 signers take "now" from here
         return signed_at.replace(tzinfo=None) if remove_tzinfo else signed_at
 
-    real_presign = s3._signer.generate_presigned_url
+    real_presign = s3.client.signer.generate_presigned_url
 
     async def presigned_an_hour_ago(*args: Any, **kwargs: Any) -> Any:
         # Only the URL's signing is moved: the HEAD before it must keep a valid date, or S3 refuses it.
@@ -114,7 +114,7 @@ async def test_expired_s3_presigned_download_is_refused(s3: S3Store, monkeypatch
             clock.setattr(botocore.auth, "get_current_datetime", an_hour_ago)
             return await real_presign(*args, **kwargs)
 
-    monkeypatch.setattr(s3._signer, "generate_presigned_url", presigned_an_hour_ago)
+    monkeypatch.setattr(s3.client.signer, "generate_presigned_url", presigned_an_hour_ago)
     stale = await s3.presign_download(path)
     assert parse_qs(urlsplit(stale.url).query)["X-Amz-Date"] == [signed_at.strftime("%Y%m%dT%H%M%SZ")]
     s3.settings.presigned_download_ttl = LONG_TTL

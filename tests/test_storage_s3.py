@@ -29,11 +29,12 @@ from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import CompletedPart, WriteOptions, supports_multipart_upload, supports_presigned_download
 from app.storage.s3 import S3Config, S3Store
-from app.storage.s3 import store as store_module
-from app.storage.s3.client import MiB, _checksum_calculation, parse_s3_uri
+from app.storage.s3 import upload as upload_module
+from app.storage.s3.client import checksum_calculation
+from app.storage.s3.config import MiB, parse_s3_uri
 from app.storage.s3.errors import map_error
 from app.storage.s3.presign import multipart_etag
-from app.storage.s3.upload import _PartBuffer, part_size_for
+from app.storage.s3.upload import PartBuffer, part_size_for
 from tests.servers import StorageServer
 from tests.servers.s3 import moto_server, restart_seaweedfs, seaweedfs_server, stop_seaweedfs
 from tests.utils.streams import read_all, stream
@@ -76,7 +77,9 @@ def p(path: str) -> ArtifactPath:
 
 
 async def pending_uploads(store: S3Store, path: str) -> list[Any]:
-    response = await store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store._key(p(path)))
+    response = await store.client.sdk.list_multipart_uploads(
+        Bucket=store.client.bucket, Prefix=store.client.key(p(path))
+    )
     return list(response.get("Uploads", []))
 
 
@@ -91,11 +94,11 @@ def test_keys_and_uri_parsing() -> None:
     with pytest.raises(ValueError):
         parse_s3_uri("s3:///nobucket")
     rooted = S3Store("s3://bucket", Settings())
-    assert rooted._key(p("a/b.txt")) == "a/b.txt" and rooted._dir_prefix(p("")) == ""
+    assert rooted.client.key(p("a/b.txt")) == "a/b.txt" and rooted.client.dir_prefix(p("")) == ""
     prefixed = S3Store("s3://bucket/pre/fix", Settings())
-    assert prefixed._key(p("a/b.txt")) == "pre/fix/a/b.txt" and prefixed._dir_prefix(p("")) == "pre/fix/"
+    assert prefixed.client.key(p("a/b.txt")) == "pre/fix/a/b.txt" and prefixed.client.dir_prefix(p("")) == "pre/fix/"
     # The path is a name, never a URI: scheme-like text stays in the key verbatim.
-    assert prefixed._key(p("up/file:x?y=1")) == "pre/fix/up/file:x?y=1"
+    assert prefixed.client.key(p("up/file:x?y=1")) == "pre/fix/up/file:x?y=1"
 
 
 def test_capabilities_follow_settings() -> None:
@@ -185,12 +188,12 @@ async def test_parts_in_flight_and_buffers_are_bounded(
 ) -> None:
     async with open_store(seaweed, monkeypatch, part_size=5 * MiB, upload_concurrency=3) as s3:
         data = blob(7 * 5 * MiB + 4321, seed=11)
-        recorder = PartRecorder(s3._client, delay=0.05)
-        s3._client = recorder
+        recorder = PartRecorder(s3.client._sdk, delay=0.05)
+        s3.client._sdk = recorder
         try:
             await s3.write(p("bounded.bin"), stream(data, chunk), None)
         finally:
-            s3._client = recorder._real
+            s3.client._sdk = recorder._real
         assert await read_all(s3, "bounded.bin") == data
         assert (await s3.open_read(p("bounded.bin"))).meta.etag.endswith('-8"')  # type: ignore[union-attr]
         assert sorted(number for number, _, _ in recorder.bodies) == list(range(1, 9))
@@ -212,20 +215,20 @@ async def test_failed_part_stops_reading_and_aborts(seaweed: StorageServer, monk
                 read += len(chunk)
                 yield chunk
 
-        recorder = PartRecorder(s3._client, fail_part=2)
-        s3._client = recorder
+        recorder = PartRecorder(s3.client._sdk, fail_part=2)
+        s3.client._sdk = recorder
         try:
             with pytest.raises(StorageUnavailable):
                 await s3.write(p("model.bin"), counted(), None)
         finally:
-            s3._client = recorder._real
+            s3.client._sdk = recorder._real
         assert read <= 6 * 5 * MiB  # noticed at the next part boundaries, not after the whole stream
         assert await read_all(s3, "model.bin") == b"version 1"
         assert await pending_uploads(s3, "model.bin") == []
 
 
 async def test_too_many_parts_is_refused_and_aborted(store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "MAX_PARTS", 2)
+    monkeypatch.setattr(upload_module, "MAX_PARTS", 2)
     with pytest.raises(PayloadTooLarge):
         await store.write(p("many-parts.bin"), stream(blob(2 * 8 * MiB + 1, seed=13)), None)
     assert await pending_uploads(store, "many-parts.bin") == []
@@ -241,11 +244,11 @@ async def test_upload_part_requests_over_http(store: S3Store) -> None:
     def capture(request: Any, **_: Any) -> None:
         sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
 
-    store.client.meta.events.register("before-send.s3.UploadPart", capture)
+    store.client.sdk.meta.events.register("before-send.s3.UploadPart", capture)
     try:
         await store.write(p("headers.bin"), stream(blob(9 * MiB, seed=14)), None)
     finally:
-        store.client.meta.events.unregister("before-send.s3.UploadPart", capture)
+        store.client.sdk.meta.events.unregister("before-send.s3.UploadPart", capture)
     assert len(sent) == 2
     for headers in sent:
         assert headers["expect"] == "100-continue"
@@ -254,13 +257,13 @@ async def test_upload_part_requests_over_http(store: S3Store) -> None:
 
 
 def test_checksums_follow_the_endpoint_scheme() -> None:
-    assert _checksum_calculation("http://127.0.0.1:8333") == "when_required"
-    assert _checksum_calculation("https://s3.example.com") == "when_supported"
-    assert _checksum_calculation(None) == "when_supported"  # AWS itself, over HTTPS
+    assert checksum_calculation("http://127.0.0.1:8333") == "when_required"
+    assert checksum_calculation("https://s3.example.com") == "when_supported"
+    assert checksum_calculation(None) == "when_supported"  # AWS itself, over HTTPS
 
 
 def test_part_buffer_slices_are_views() -> None:
-    buffer = _PartBuffer(b"abcdef")
+    buffer = PartBuffer(b"abcdef")
     view = buffer[:4]
     assert isinstance(view, memoryview) and bytes(view) == b"abcd"
     buffer[0:1] = b"z"
@@ -282,7 +285,9 @@ async def test_digest_tag_of_another_object_is_ignored(store: S3Store) -> None:
     # Tags naming another ETag (a concurrent overwrite raced the tagging) are never served as this object's digest.
     await store.write(p("raced.bin"), stream(b"current"), None)
     tags = [{"Key": "sha256", "Value": "ab" * 32}, {"Key": "etag", "Value": "0123456789abcdef0123456789abcdef-2"}]
-    await store.client.put_object_tagging(Bucket=store.bucket, Key=store._key(p("raced.bin")), Tagging={"TagSet": tags})
+    await store.client.sdk.put_object_tagging(
+        Bucket=store.client.bucket, Key=store.client.key(p("raced.bin")), Tagging={"TagSet": tags}
+    )
     assert (await store.open_read(p("raced.bin"))).meta.sha256 is None
 
 
@@ -295,7 +300,7 @@ async def test_upload_extra_args_apply_to_put_and_multipart(
         await s3.write(p("small"), stream(b"x"), 1)
         await s3.write(p("large"), stream(blob(9 * MiB)), None)
         for name in ("small", "large"):
-            head = await s3.client.head_object(Bucket=s3.bucket, Key=s3._key(p(name)))
+            head = await s3.client.sdk.head_object(Bucket=s3.client.bucket, Key=s3.client.key(p(name)))
             assert head["Metadata"] == {"origin": "artifact-proxy"}
 
 
@@ -322,7 +327,7 @@ async def test_list_one_level_with_pagination(seaweed: StorageServer, monkeypatc
         ]
         assert [(i.path, i.is_dir) for i in await s3.list(p("sub"))] == [("c.txt", False), ("deeper", True)]
         # A directory placeholder key (as consoles create) is not an entry of its own listing.
-        await s3.client.put_object(Bucket=s3.bucket, Key=s3._key(p("sub")) + "/", Body=b"")
+        await s3.client.sdk.put_object(Bucket=s3.client.bucket, Key=s3.client.key(p("sub")) + "/", Body=b"")
         assert [i.path for i in await s3.list(p("sub"))] == ["c.txt", "deeper"]
 
 
@@ -333,14 +338,14 @@ async def test_list_and_delete_past_1000_keys(moto: StorageServer, monkeypatch: 
 
         async def put(name: str) -> None:
             async with semaphore:
-                await s3.client.put_object(Bucket=s3.bucket, Key=s3._key(p(name)), Body=b"z")
+                await s3.client.sdk.put_object(Bucket=s3.client.bucket, Key=s3.client.key(p(name)), Body=b"z")
 
         await asyncio.gather(*(put(name) for name in names))
         listed = await s3.list(p("many"))
         assert len(listed) == 1002
         assert [i.path for i in listed if i.is_dir] == ["sub"]
         await s3.delete(p("many"))
-        remaining = await s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=s3.prefix + "/")
+        remaining = await s3.client.sdk.list_objects_v2(Bucket=s3.client.bucket, Prefix=s3.client.prefix + "/")
         assert remaining.get("KeyCount", 0) == 0
 
 
@@ -392,7 +397,7 @@ async def test_retried_complete_is_recognised_by_its_etag(store: S3Store) -> Non
     completed = [CompletedPart(i, etag) for i, etag in enumerate(etags, 1)]
     await store.complete_multipart_upload(p("model.bin"), created.upload_id, completed)
     await store.write(p("other.bin"), stream(b"someone else's object"), None)
-    real, store._client = store._client, ForgetfulClient(store._client)
+    real, store.client._sdk = store.client._sdk, ForgetfulClient(store.client._sdk)
     try:
         await store.complete_multipart_upload(p("model.bin"), created.upload_id, completed)  # the retry: success
         # Mere existence is no proof: another key, or the same key now holding another object, stays a 404.
@@ -402,7 +407,7 @@ async def test_retried_complete_is_recognised_by_its_etag(store: S3Store) -> Non
         with pytest.raises(ResourceNotFound):
             await store.complete_multipart_upload(p("model.bin"), created.upload_id, completed)
     finally:
-        store._client = real
+        store.client._sdk = real
 
 
 async def test_tampered_presigned_part_url_is_refused(store: S3Store) -> None:
@@ -412,7 +417,7 @@ async def test_tampered_presigned_part_url_is_refused(store: S3Store) -> None:
     tampered = [
         url.replace("partNumber=1", "partNumber=2"),
         url[:-1] + ("0" if signature != "0" else "1"),
-        url.replace(store._key(p("t/x.bin")), store._key(p("t/y.bin"))),
+        url.replace(store.client.key(p("t/x.bin")), store.client.key(p("t/y.bin"))),
     ]
     async with httpx.AsyncClient(timeout=30) as http:
         for bad in tampered:

@@ -98,9 +98,9 @@ def _s3(server: StorageServer, prefix: str, env: pytest.MonkeyPatch) -> Artifact
 
 
 async def _s3_names(store: Any, path: str) -> list[str]:
-    prefix = store._dir_prefix(ArtifactPath(path))
-    keys = await store.client.list_objects_v2(Bucket=store.bucket, Prefix=prefix)
-    uploads = await store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=prefix)
+    prefix = store.client.dir_prefix(ArtifactPath(path))
+    keys = await store.client.sdk.list_objects_v2(Bucket=store.client.bucket, Prefix=prefix)
+    uploads = await store.client.sdk.list_multipart_uploads(Bucket=store.client.bucket, Prefix=prefix)
     names = [obj["Key"][len(prefix) :] for obj in keys.get("Contents", [])]
     return sorted(names + [f"{u['Key'][len(prefix) :]} (pending upload)" for u in uploads.get("Uploads", [])])
 

@@ -1,6 +1,7 @@
-"""Presigned URLs for S3Store (`app.storage.s3`): multipart uploads whose parts clients PUT straight to S3 with
-presigned UploadPart URLs, and presigned downloads. URLs are signed by `_signer`, the client for the public endpoint
-when one is set (see `client`): SigV4 signs the Host, so a URL signed for an internal endpoint fails outside.
+"""`S3Presigner`: the MultipartUploads and PresignedDownloads capabilities of S3Store. Clients PUT parts straight to
+S3 with presigned UploadPart URLs and download with a presigned GetObject URL. URLs are signed by the client's
+`signer`, the client for the public endpoint when one is set: SigV4 signs the Host, so a URL signed for an internal
+endpoint fails outside.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from app.errors import (
     ResourceNotFound,
 )
 from app.paths import ArtifactPath
+from app.settings import Settings
 from app.storage.base import (
     DEFAULT_COMPLETE,
     CompletedPart,
@@ -38,24 +40,29 @@ def multipart_etag(etags: Sequence[str]) -> str | None:
     return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(etags)}"'
 
 
-class S3Presign(S3Client):
-    """The MultipartUploads and PresignedDownloads capabilities of S3Store (abort is shared, in S3Client)."""
+class S3Presigner:
+    """Presigned multipart uploads (create, complete, abort) and presigned downloads, for one S3Client."""
+
+    def __init__(self, client: S3Client, settings: Settings) -> None:
+        # Settings are read per call: URL lifetimes are the live settings' values.
+        self._client, self._settings = client, settings
 
     # presigned multipart -------------------------------------------------------------------------------------------
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
-        upload_id = await self._create_upload(path)
+        upload_id = await self._client.create_upload(path)
         try:
             urls = [await self._presign_part(path, upload_id, number) for number in range(1, num_parts + 1)]
         except BaseException:
-            await self._abort_quietly(path, upload_id)
+            await self._client.abort_quietly(path, upload_id)
             raise
         return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
 
     async def _presign_part(self, path: ArtifactPath, upload_id: str, number: int) -> str:
-        params = {"Bucket": self.bucket, "Key": self._key(path), "UploadId": upload_id, "PartNumber": number}
-        with self.errors("presign UploadPart", path):
-            url = await self._signer.generate_presigned_url(
-                "upload_part", Params=params, ExpiresIn=self.settings.multipart_url_ttl
+        client = self._client
+        params = {"Bucket": client.bucket, "Key": client.key(path), "UploadId": upload_id, "PartNumber": number}
+        with client.errors("presign UploadPart", path):
+            url = await client.signer.generate_presigned_url(
+                "upload_part", Params=params, ExpiresIn=self._settings.multipart_url_ttl
             )
         return str(url)
 
@@ -70,16 +77,17 @@ class S3Presign(S3Client):
             raise InvalidParameter("Missing value for required parameter 'upload_id'")
         if not parts:
             raise InvalidParameter("Missing value for required parameter 'parts'")
+        client = self._client
         ordered = sorted(parts, key=lambda part: part.part_number)
         if options.max_size is not None:
             await self._check_uploaded_size(path, upload_id, {part.part_number for part in ordered}, options)
         listed = [{"PartNumber": part.part_number, "ETag": part.etag} for part in ordered]  # ETags verbatim
         condition = {"IfNoneMatch": "*"} if options.create_only else {}  # atomic create-only, settled by S3
         try:
-            with self.errors("CompleteMultipartUpload", path):
-                await self.client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=self._key(path),
+            with client.errors("CompleteMultipartUpload", path):
+                await client.sdk.complete_multipart_upload(
+                    Bucket=client.bucket,
+                    Key=client.key(path),
                     UploadId=upload_id,
                     MultipartUpload={"Parts": listed},
                     **condition,
@@ -90,7 +98,7 @@ class S3Presign(S3Client):
             if await self._completed_from(path, [p.etag for p in ordered]):
                 return
             if isinstance(exc, AlreadyExists):
-                await self._abort_quietly(path, upload_id)  # lost to an existing object for good: drop the parts
+                await client.abort_quietly(path, upload_id)  # lost to an existing object for good: drop the parts
             raise
 
     async def _check_uploaded_size(
@@ -98,11 +106,12 @@ class S3Presign(S3Client):
     ) -> None:
         """Refuse (413) and abort an upload whose listed parts add up to more than the limit, as S3 lists them: the
         parts went straight to S3, so only their sizes there are known."""
-        total, args = 0, {"Bucket": self.bucket, "Key": self._key(path), "UploadId": upload_id}
+        client = self._client
+        total, args = 0, {"Bucket": client.bucket, "Key": client.key(path), "UploadId": upload_id}
         while True:
             try:
-                with self.errors("ListParts", path):
-                    page = await self.client.list_parts(**args)
+                with client.errors("ListParts", path):
+                    page = await client.sdk.list_parts(**args)
             except ResourceNotFound:
                 return  # completed or aborted already: CompleteMultipartUpload tells which
             total += sum(int(part["Size"]) for part in page.get("Parts", []) if part["PartNumber"] in numbers)
@@ -112,24 +121,28 @@ class S3Presign(S3Client):
         try:
             options.check_size(total)
         except PayloadTooLarge:
-            await self._abort_quietly(path, upload_id)
+            await client.abort_quietly(path, upload_id)
             raise
 
     async def _completed_from(self, path: ArtifactPath, etags: Sequence[str]) -> bool:
         try:
-            meta = await self._head(path)
+            meta = await self._client.head(path)
         except (ArtifactNotFound, IsADirectoryArtifact):
             return False
         expected = multipart_etag(etags)
         return expected is not None and meta.etag == expected
 
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+        await self._client.abort_upload(path, upload_id)  # idempotent, as the protocol asks
+
     # presigned download --------------------------------------------------------------------------------------------
     async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
-        meta = await self._head(path)
+        client = self._client
+        meta = await client.head(path)
         disposition = content_disposition(path.basename)
-        params = {"Bucket": self.bucket, "Key": self._key(path), "ResponseContentDisposition": disposition}
-        with self.errors("presign GetObject", path):
-            url = await self._signer.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=self.settings.presigned_download_ttl
+        params = {"Bucket": client.bucket, "Key": client.key(path), "ResponseContentDisposition": disposition}
+        with client.errors("presign GetObject", path):
+            url = await client.signer.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=self._settings.presigned_download_ttl
             )
         return PresignedUrl(str(url), {}, meta.size)

@@ -1,11 +1,11 @@
-"""S3 and S3-compatible backend (aiobotocore): streamed puts via server-side multipart, ranged gets, presigning.
+"""`S3Store`: artifacts as objects under `s3://bucket/prefix`, served through aiobotocore.
 
-One aiobotocore client per process, opened in `start()`, so its connection pool is shared by every request. A second
-client exists only when presigned URLs must name a different (public) endpoint than the one the server uses: SigV4
-signs the Host, so a URL signed for an internal endpoint fails for clients outside.
+The store is composed of three parts, each in its own module: the `S3Client` (the shared aiobotocore clients, keys,
+error mapping, HEAD), the `S3Uploader` (a stream as a server-side multipart upload) and the `S3Presigner` (presigned
+multipart uploads and downloads). The store itself reads, writes, lists and deletes, and hands the capabilities of
+`MultipartUploads` and `PresignedDownloads` to the presigner.
 
-Settings, clients, keys and shared primitives live in `client`, error mapping in `errors`, streamed multipart uploads
-in `upload`, presigned multipart and downloads in `presign`.
+One aiobotocore client per process, opened in `start()`, so its connection pool is shared by every request.
 """
 
 from __future__ import annotations
@@ -17,94 +17,84 @@ from botocore import exceptions as bce
 
 from app.errors import InvalidParameter
 from app.paths import TEMP_PREFIX, ArtifactPath
-from app.storage.base import DEFAULT_WRITE, FileInfo, ObjectMeta, WriteOptions
+from app.settings import Settings
+from app.storage.base import (
+    DEFAULT_COMPLETE,
+    DEFAULT_WRITE,
+    CompletedPart,
+    CompleteOptions,
+    CreatedMultipartUpload,
+    FileInfo,
+    PresignedUrl,
+    WriteOptions,
+)
 from app.storage.chunks import prepend
 from app.storage.s3.client import DIGEST_TAG, S3Client
+from app.storage.s3.config import S3Config
 from app.storage.s3.errors import map_error
-from app.storage.s3.presign import S3Presign
-from app.storage.s3.upload import MAX_PARTS, S3Upload, _first_part, part_size_for
+from app.storage.s3.presign import S3Presigner
+from app.storage.s3.read import S3ReadHandle
+from app.storage.s3.upload import S3Uploader, first_part, part_size_for
 
 DELETE_BATCH = 1000  # the DeleteObjects limit
 
 
-class S3ReadHandle:
-    def __init__(self, store: S3Store, path: ArtifactPath, key: str, meta: ObjectMeta) -> None:
-        self.meta = meta
-        self._store, self._path, self._key = store, path, key
-
-    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
-        if start >= end:
-            return
-        store, chunk_size = self._store, self._store.settings.download_chunk_size
-        args: dict[str, Any] = {"Bucket": store.bucket, "Key": self._key, "Range": f"bytes={start}-{end - 1}"}
-        if self.meta.etag:  # never splice a concurrent overwrite into a response sized for the old version
-            args["IfMatch"] = self.meta.etag
-        with store.errors("GetObject", self._path):
-            response = await store.client.get_object(**args)
-        body = response["Body"]
-        try:
-            while True:
-                with store.errors("GetObject", self._path):
-                    chunk = await _read_up_to(body, chunk_size)
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            body.close()
-
-    async def aclose(self) -> None:
-        return None  # each iter_range closes its own body
-
-
-async def _read_up_to(body: Any, size: int) -> bytes:
-    """Read `size` bytes (fewer only at the end): aiohttp hands out whatever it has buffered, often 64-256 KiB."""
-    buffer = bytearray()
-    while len(buffer) < size:
-        piece = await body.read(size - len(buffer))
-        if not piece:
-            break
-        buffer += piece
-    return bytes(buffer)
-
-
-class S3Store(S3Presign, S3Upload, S3Client):
+class S3Store:
     """Artifacts as objects under `s3://bucket/prefix`."""
 
-    def _max_parts(self) -> int:
-        return MAX_PARTS  # this module's name, read per upload: a test lowers `app.storage.s3.store.MAX_PARTS`
+    def __init__(self, uri: str, settings: Settings, config: S3Config | None = None) -> None:
+        self.settings = settings
+        self.config = config if config is not None else S3Config()
+        self.multipart_enabled = settings.enable_multipart
+        self.presigned_download_enabled = settings.enable_presigned_download
+        self.client = S3Client(uri, settings, self.config)
+        self._uploader = S3Uploader(self.client, self.config)
+        self._presigner = S3Presigner(self.client, settings)
+
+    # lifecycle -----------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def check_ready(self) -> None:
+        await self.client.check_ready()
 
     # read ----------------------------------------------------------------------------------------------------------
     async def open_read(self, path: ArtifactPath) -> S3ReadHandle:
-        return S3ReadHandle(self, path, self._key(path), await self._head(path))
+        return S3ReadHandle(self.client, path, await self.client.head(path), self.settings.download_chunk_size)
 
     # write ---------------------------------------------------------------------------------------------------------
     async def write(
         self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         part_size = part_size_for(size, self.config.part_size)
-        head, ended = await _first_part(chunks, part_size)
+        head, ended = await first_part(chunks, part_size)
         condition = {"IfNoneMatch": "*"} if options.create_only else {}  # atomic create-only, settled by S3
         if ended:
+            client = self.client
             args = {**self.config.upload_extra_args, **condition}
             if digest := options.digest():
                 args["Metadata"] = {**args.get("Metadata", {}), DIGEST_TAG: digest}
             body = b"".join(head)  # no copy when the body came as one chunk
             del head
-            with self.errors("PutObject", path):
-                await self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=body, **args)
+            with client.errors("PutObject", path):
+                await client.sdk.put_object(Bucket=client.bucket, Key=client.key(path), Body=body, **args)
             return
-        etag = await self._write_multipart(path, prepend(head, chunks), part_size, condition)
+        etag = await self._uploader.upload(path, prepend(head, chunks), part_size, condition)
         if digest := options.digest():
-            await self._tag_digest(path, digest, etag)
+            await self._uploader.tag_digest(path, digest, etag)
 
     # list ----------------------------------------------------------------------------------------------------------
     async def _pages(self, path: ArtifactPath, prefix: str, delimiter: bool) -> AsyncIterator[dict[str, Any]]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.config.list_page_size}
+        client = self.client
+        args: dict[str, Any] = {"Bucket": client.bucket, "Prefix": prefix, "MaxKeys": self.config.list_page_size}
         if delimiter:
             args["Delimiter"] = "/"
         while True:
-            with self.errors("ListObjectsV2", path):
-                page = await self.client.list_objects_v2(**args)
+            with client.errors("ListObjectsV2", path):
+                page = await client.sdk.list_objects_v2(**args)
             yield page
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
@@ -112,7 +102,7 @@ class S3Store(S3Presign, S3Upload, S3Client):
             args["ContinuationToken"] = token
 
     async def list(self, path: ArtifactPath) -> list[FileInfo]:
-        prefix = self._dir_prefix(path)
+        prefix = self.client.dir_prefix(path)
         infos: list[FileInfo] = []
         async for page in self._pages(path, prefix, delimiter=True):
             for obj in page.get("Contents", []):
@@ -130,7 +120,7 @@ class S3Store(S3Presign, S3Upload, S3Client):
     async def delete(self, path: ArtifactPath) -> None:
         if path.is_root:
             raise InvalidParameter("Refusing to delete the artifact root")
-        key, prefix = self._key(path), self._dir_prefix(path)
+        key, prefix = self.client.key(path), self.client.dir_prefix(path)
         batch: list[str] = []
         markers: set[str] = set()
         async for page in self._pages(path, prefix, delimiter=False):
@@ -147,16 +137,36 @@ class S3Store(S3Presign, S3Upload, S3Client):
             await self._delete_keys(path, batch[start : start + DELETE_BATCH])
 
     async def _delete_keys(self, path: ArtifactPath, keys: Sequence[str]) -> None:
+        client = self.client
         objects = [{"Key": key} for key in dict.fromkeys(keys)]
-        with self.errors("DeleteObjects", path):
-            response = await self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+        with client.errors("DeleteObjects", path):
+            response = await client.sdk.delete_objects(Bucket=client.bucket, Delete={"Objects": objects, "Quiet": True})
         errors = [e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"]
         if errors:
             first = errors[0]
             error = bce.ClientError(
                 {"Error": {"Code": first.get("Code"), "Message": first.get("Message")}}, "DeleteObjects"
             )
-            raise map_error(error, "DeleteObjects", f"s3://{self.bucket}/{first.get('Key')}", None)
+            raise map_error(error, "DeleteObjects", f"s3://{client.bucket}/{first.get('Key')}", None)
+
+    # presigned multipart and downloads: the presigner's ------------------------------------------------------------
+    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+        return await self._presigner.create_multipart_upload(path, num_parts)
+
+    async def complete_multipart_upload(
+        self,
+        path: ArtifactPath,
+        upload_id: str | None,
+        parts: Sequence[CompletedPart],
+        options: CompleteOptions = DEFAULT_COMPLETE,
+    ) -> None:
+        await self._presigner.complete_multipart_upload(path, upload_id, parts, options)
+
+    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+        await self._presigner.abort_multipart_upload(path, upload_id)
+
+    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+        return await self._presigner.presign_download(path)
 
 
 def _parent_markers(key: str, prefix: str) -> list[str]:

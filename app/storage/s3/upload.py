@@ -1,9 +1,9 @@
-"""Streamed uploads for S3Store (`app.storage.s3`): part sizing, a pool of reusable part buffers, and server-side
-multipart uploads with up to `upload_concurrency` parts in flight.
+"""Streamed uploads to S3: part sizing, reusable part buffers, and `S3Uploader`, which sends a stream as a
+server-side multipart upload with up to `upload_concurrency` parts in flight.
 
-A body that ends within the first part goes as one PutObject (in `store`); a longer one is copied once into
-part buffers, each uploaded as soon as it is full. Memory stays at `upload_concurrency + 1` parts per upload, and a
-failed or cancelled upload is aborted.
+A body that ends within the first part goes as one PutObject instead (S3Store decides, with `first_part`); a longer
+one is copied once into part buffers, each uploaded as soon as it is full. Memory stays at `upload_concurrency + 1`
+parts per upload, and a failed or cancelled upload is aborted.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import anyio
 
 from app.errors import ArtifactProxyError, PayloadTooLarge
 from app.paths import ArtifactPath
-from app.storage.s3.client import DIGEST_TAG, ETAG_TAG, MiB, S3Client
+from app.storage.s3.client import DIGEST_TAG, ETAG_TAG, S3Client
+from app.storage.s3.config import MiB, S3Config
 
-MAX_PARTS = 10_000
+MAX_PARTS = 10_000  # the most parts one S3 upload may have; read at each use, so it can be lowered in tests
 
 # UploadPart must repeat these upload args (SSE-C keys, requester pays); the others apply only to create/put.
 _PART_ARGS = {"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer", "ExpectedBucketOwner"}
@@ -32,7 +33,7 @@ def part_size_for(size: int | None, minimum: int) -> int:
     return math.ceil(size / MAX_PARTS / MiB) * MiB
 
 
-class _PartBuffer(bytearray):
+class PartBuffer(bytearray):
     """A part's bytes, reused from part to part, whose slices are views: aiohttp sends a body of known length as
     `body[:content_length]`, which would copy a plain bytearray. (A bytes body is not copied there, but botocore
     wraps bytes in a BytesIO, which aiohttp then copies out 64 KiB at a time.)"""
@@ -45,7 +46,7 @@ class _PartBuffer(bytearray):
         return super().__getitem__(index)
 
 
-async def _first_part(chunks: AsyncIterator[bytes], part_size: int) -> tuple[list[bytes], bool]:
+async def first_part(chunks: AsyncIterator[bytes], part_size: int) -> tuple[list[bytes], bool]:
     """The chunks of the first `part_size` bytes (more at most by the last chunk), and whether the stream ended
     before that: a single PutObject then, a multipart upload otherwise. The chunks are kept, not copied."""
     head: list[bytes] = []
@@ -59,40 +60,44 @@ async def _first_part(chunks: AsyncIterator[bytes], part_size: int) -> tuple[lis
     return head, True
 
 
-class S3Upload(S3Client):
-    """Server-side multipart uploads of a stream, for S3Store's writes."""
+class S3Uploader:
+    """Writes a stream to one key as a server-side multipart upload, completed only once every part is stored."""
 
-    def _max_parts(self) -> int:
-        """The most parts one upload may have (S3 allows 10,000)."""
-        return MAX_PARTS
+    def __init__(self, client: S3Client, config: S3Config) -> None:
+        self._client, self._config = client, config
 
-    async def _write_multipart(
+    async def upload(
         self, path: ArtifactPath, chunks: AsyncIterator[bytes], part_size: int, condition: dict[str, str]
     ) -> str:
-        upload_id = await self._create_upload(path)
+        """Upload the stream in parts of `part_size` and complete it with `condition` (If-None-Match); its ETag."""
+        client = self._client
+        upload_id = await client.create_upload(path)
         try:
             parts = await self._upload_parts(path, upload_id, chunks, part_size)
             # botocore raises on CompleteMultipartUpload's "200 with an error in the body", so success is real.
-            with self.errors("CompleteMultipartUpload", path):
-                done = await self.client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=self._key(path),
+            with client.errors("CompleteMultipartUpload", path):
+                done = await client.sdk.complete_multipart_upload(
+                    Bucket=client.bucket,
+                    Key=client.key(path),
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                     **condition,
                 )
         except BaseException:
-            await self._abort_quietly(path, upload_id)
+            await client.abort_quietly(path, upload_id)
             raise
         return str(done.get("ETag", ""))
 
-    async def _tag_digest(self, path: ArtifactPath, digest: str, etag: str) -> None:
+    async def tag_digest(self, path: ArtifactPath, digest: str, etag: str) -> None:
         """Record a multipart object's SHA-256, known only after its last part, as tags (metadata is fixed at
         create). The ETag tag ties them to this object: a concurrent overwrite cannot inherit a wrong digest."""
+        client = self._client
         tags = [{"Key": DIGEST_TAG, "Value": digest}, {"Key": ETAG_TAG, "Value": etag.strip('"')}]
         try:
-            with self.errors("PutObjectTagging", path):
-                await self.client.put_object_tagging(Bucket=self.bucket, Key=self._key(path), Tagging={"TagSet": tags})
+            with client.errors("PutObjectTagging", path):
+                await client.sdk.put_object_tagging(
+                    Bucket=client.bucket, Key=client.key(path), Tagging={"TagSet": tags}
+                )
         except ArtifactProxyError:
             pass  # optional: the object is stored; it is served without a Repr-Digest
 
@@ -106,9 +111,9 @@ class S3Upload(S3Client):
         allocation and no copy besides the one into the buffer. Receiving waits while all uploads are busy, which
         is the backpressure on the client. A failed part fails the write when the next part is due, at the latest.
         """
-        limit, max_parts = self.config.upload_concurrency, self._max_parts()
-        running: dict[asyncio.Future[dict[str, Any]], _PartBuffer] = {}
-        free: list[_PartBuffer] = []
+        limit, max_parts = self._config.upload_concurrency, MAX_PARTS
+        running: dict[asyncio.Future[dict[str, Any]], PartBuffer] = {}
+        free: list[PartBuffer] = []
         parts: list[dict[str, Any]] = []
 
         def collect() -> None:
@@ -116,7 +121,7 @@ class S3Upload(S3Client):
                 free.append(running.pop(task))
                 parts.append(task.result())  # raises the part's failure
 
-        async def send(buffer: _PartBuffer) -> None:
+        async def send(buffer: PartBuffer) -> None:
             collect()
             while len(running) >= limit:
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -127,21 +132,21 @@ class S3Upload(S3Client):
             running[asyncio.ensure_future(self._upload_part(path, upload_id, number, buffer))] = buffer
 
         try:
-            buffer, filled = _PartBuffer(), 0
+            buffer, filled = PartBuffer(), 0
             async for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
                     if not buffer:
-                        buffer, filled = (free.pop() if free else _PartBuffer(part_size)), 0
+                        buffer, filled = (free.pop() if free else PartBuffer(part_size)), 0
                     n = min(len(view), part_size - filled)
                     buffer[filled : filled + n] = view[:n]
                     filled, view = filled + n, view[n:]
                     if filled == part_size:
                         await send(buffer)
-                        buffer = _PartBuffer()
+                        buffer = PartBuffer()
                 del view, chunk
             if buffer and filled:
-                last = _PartBuffer(buffer[:filled])  # the short last part, sized exactly: its one extra copy
+                last = PartBuffer(buffer[:filled])  # the short last part, sized exactly: its one extra copy
                 await send(last)
             del buffer, free[:]
             while running:
@@ -157,9 +162,10 @@ class S3Upload(S3Client):
         return parts
 
     async def _upload_part(self, path: ArtifactPath, upload_id: str, number: int, block: bytearray) -> dict[str, Any]:
-        extra = {k: v for k, v in self.config.upload_extra_args.items() if k in _PART_ARGS}
-        with self.errors("UploadPart", path):
-            response = await self.client.upload_part(
-                Bucket=self.bucket, Key=self._key(path), UploadId=upload_id, PartNumber=number, Body=block, **extra
+        client = self._client
+        extra = {k: v for k, v in self._config.upload_extra_args.items() if k in _PART_ARGS}
+        with client.errors("UploadPart", path):
+            response = await client.sdk.upload_part(
+                Bucket=client.bucket, Key=client.key(path), UploadId=upload_id, PartNumber=number, Body=block, **extra
             )
         return {"PartNumber": number, "ETag": response["ETag"]}
