@@ -242,7 +242,7 @@ async def test_start_with_the_server_down_serves_503_until_it_is_up(tmp_path: Pa
         try:
             results = await asyncio.gather(*(sftp.list(p("")) for _ in range(5)), return_exceptions=True)
             assert all(isinstance(result, StorageUnavailable) for result in results)
-            assert sftp._attempts == 2  # start's, then one shared by the five queued requests
+            assert sftp._connection._attempts == 2  # start's, then one shared by the five queued requests
             restart_sftp(late)
             assert await sftp.list(p("")) == []
         finally:
@@ -260,9 +260,9 @@ async def test_a_connection_lost_mid_operation_is_retried_on_a_new_one(store: SF
         async with client.open(store.root + "/r.txt", "rb") as file:
             return cast(bytes, await file.read())
 
-    assert await store.run("reading", "r.txt", flaky) == b"r"
+    assert await store._connection.run("reading", "r.txt", flaky) == b"r"
     assert len(seen) == 2 and seen[0] is not seen[1]  # the lost connection was dropped and replaced
     seen.clear()
     with pytest.raises(StorageUnavailable):  # an operation that must not run twice is not retried
-        await store.run("publishing", "r.txt", flaky, retry=False)
+        await store._connection.run("publishing", "r.txt", flaky, retry=False)
     assert len(seen) == 1

@@ -165,7 +165,7 @@ async def _sftp_names(store: Any, path: str) -> list[str]:
         except asyncssh.SFTPNoSuchFile:
             return []
 
-    return [name for name in await store.run("listing", path, op) if name not in (".", "..")]
+    return [name for name in await store._connection.run("listing", path, op) if name not in (".", "..")]
 
 
 # FTP -----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""asyncssh and socket failures mapped onto the service's error hierarchy, for the SFTP backend (`app.storage.sftp`)."""
+"""asyncssh and socket failures mapped onto the service's error hierarchy, for the SFTP backend."""
 
 from __future__ import annotations
 

@@ -1,0 +1,70 @@
+"""What the SFTP backend is told: the `ARTIFACT_PROXY_SFTP_*` settings, the destination URI, and the key files they
+name, checked once at startup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import asyncssh
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.storage import StoreConfigError
+
+
+class SFTPConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+
+    # A known_hosts file, or "none" to accept any host key (only on a network you trust).
+    known_hosts: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_KNOWN_HOSTS")
+    identity_file: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_IDENTITY_FILE")
+    # An OpenSSH client config to read instead of ~/.ssh/config.
+    ssh_config: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_CONFIG")
+    keepalive: float = Field(15.0, ge=0, validation_alias="ARTIFACT_PROXY_SFTP_KEEPALIVE")
+
+
+@dataclass(frozen=True, slots=True)
+class SFTPTarget:
+    host: str
+    port: int | None
+    username: str | None
+    password: str | None
+    root: str  # absolute, or relative to the login directory ("." for the login directory itself)
+
+
+def parse_sftp_uri(uri: str) -> SFTPTarget:
+    parts = urlsplit(uri)
+    if parts.scheme.lower() != "sftp" or not parts.hostname:
+        raise StoreConfigError(f"Use sftp://[user@]host[:port]/path, not {uri!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise StoreConfigError(f"Invalid port in {uri!r}") from exc
+    path = unquote(parts.path)
+    # As in curl, `/~/dir` is relative to the login directory; any other path is absolute.
+    root = "." if path in ("", "/~", "/~/") else path[3:].rstrip("/") if path.startswith("/~/") else path.rstrip("/")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return SFTPTarget(parts.hostname, port, user, password, root or "/")
+
+
+def check_files(config: SFTPConfig) -> None:
+    """Read the key files once at startup, so a bad one stops the service with a clear message, not a 502 later."""
+    files: list[tuple[str, str | None, Callable[[str], object]]] = [
+        ("KNOWN_HOSTS", config.known_hosts, asyncssh.read_known_hosts),
+        ("IDENTITY_FILE", config.identity_file, asyncssh.read_private_key),
+        ("CONFIG", config.ssh_config, lambda path: Path(path).read_text()),
+    ]
+    for name, value, read in files:
+        if not value or value.lower() == "none":
+            continue
+        path = str(Path(value).expanduser())
+        if not Path(path).is_file():
+            raise StoreConfigError(f"ARTIFACT_PROXY_SFTP_{name}: the file {value!r} does not exist")
+        try:
+            read(path)
+        except (OSError, ValueError) as exc:  # an encrypted key without the agent lands here too
+            raise StoreConfigError(f"ARTIFACT_PROXY_SFTP_{name}: cannot use {value!r}: {exc}") from exc

@@ -1,0 +1,140 @@
+"""SFTPStore: artifacts as files under a directory on an SFTP server, `sftp://[user@]host[:port]/path`, on asyncssh.
+
+- Login as OpenSSH would: ssh agent, identity files and `~/.ssh/config` host entries (or the files the settings name).
+  A password in the URI works but is logged against: it travels with the destination into logs and process lists.
+- Host keys are checked against known_hosts unless `ARTIFACT_PROXY_SFTP_KNOWN_HOSTS=none`.
+- One SSH connection per process (`connection`), opened in `start()`; SFTP multiplexes concurrent requests over it.
+- Uploads stream to a temp file and rename into place (`upload`); downloads read a handle opened once (`read`).
+  Multipart and presigned URLs do not exist here: the routes answer 501.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import AsyncIterator
+from contextlib import suppress
+
+import asyncssh
+from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, FILEXFER_TYPE_SYMLINK
+
+from app.errors import InvalidParameter, IsADirectoryArtifact, StorageTimeout, StorageUnavailable
+from app.paths import TEMP_PREFIX, ArtifactPath
+from app.settings import Settings
+from app.storage.base import DEFAULT_WRITE, FileInfo, WriteOptions
+from app.storage.sftp.config import SFTPConfig, check_files, parse_sftp_uri
+from app.storage.sftp.connection import SFTPConnection
+from app.storage.sftp.errors import MISSING
+from app.storage.sftp.read import SFTPReadHandle, open_download
+from app.storage.sftp.upload import SFTPUploads
+
+logger = logging.getLogger("artifact_proxy.storage.sftp")
+
+
+class SFTPStore:
+    """Artifacts as files under a directory on an SFTP server."""
+
+    multipart_enabled = False
+    presigned_download_enabled = False
+
+    def __init__(self, uri: str, settings: Settings, config: SFTPConfig | None = None) -> None:
+        self.settings, config = settings, config or SFTPConfig()
+        self.target = parse_sftp_uri(uri)
+        self.root = self.target.root
+        check_files(config)
+        self._connection = SFTPConnection(self.target, config, settings.storage_timeout)
+        self._uploads = SFTPUploads(self._connection, settings)
+        if self.target.password:
+            logger.warning(
+                "the sftp:// destination carries a password: prefer key-based login (ssh agent, "
+                "ARTIFACT_PROXY_SFTP_IDENTITY_FILE or ~/.ssh/config); a URI ends up in logs and process listings"
+            )
+
+    # lifecycle -----------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self._connection.open()
+        except (StorageUnavailable, StorageTimeout) as exc:
+            # Serve anyway: requests answer 503 until the server is back, then the connection is reopened.
+            logger.warning("SFTP server %s not reachable at startup (%s); will retry on use", self.target.host, exc)
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def check_ready(self) -> None:
+        await self._connection.run("checking the root", self.root, lambda sftp: sftp.stat(self.root))
+
+    # names ---------------------------------------------------------------------------------------------------------
+    def _remote(self, path: ArtifactPath) -> str:
+        return posixpath.join(self.root, path.canonical) if path.canonical else self.root
+
+    # read and write ------------------------------------------------------------------------------------------------
+    async def open_read(self, path: ArtifactPath) -> SFTPReadHandle:
+        if path.is_root:
+            raise IsADirectoryArtifact(path.canonical)
+        chunk_size = self.settings.download_chunk_size
+        return await open_download(self._connection, chunk_size, self._remote(path), path.canonical)
+
+    async def write(
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+    ) -> None:
+        if path.is_root:
+            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
+        await self._uploads.write(self._remote(path), path.canonical, chunks, options.create_only)
+
+    # list ----------------------------------------------------------------------------------------------------------
+    async def list(self, path: ArtifactPath) -> list[FileInfo]:
+        remote = self._remote(path)
+
+        async def op(sftp: asyncssh.SFTPClient) -> list[FileInfo]:
+            try:
+                names = await sftp.readdir(remote)
+            except MISSING:
+                return []
+            except asyncssh.SFTPFailure:
+                if await sftp.isdir(remote):
+                    raise
+                return []  # a file: the contract lists it as nothing
+            infos = [await _info(sftp, remote, name) for name in names if _listable(name.filename)]
+            return sorted((info for info in infos if info is not None), key=lambda info: info.path)
+
+        return await self._connection.run("listing", path.canonical, op)
+
+    # delete --------------------------------------------------------------------------------------------------------
+    async def delete(self, path: ArtifactPath) -> None:
+        if path.is_root:
+            raise InvalidParameter("Refusing to delete the artifact root")
+        remote = self._remote(path)
+
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            try:
+                attrs = await sftp.lstat(remote)  # lstat: a symlink is removed, never what it points to
+            except MISSING:
+                return
+            if attrs.type == FILEXFER_TYPE_DIRECTORY:
+                await sftp.rmtree(remote)
+            else:
+                with suppress(*MISSING):
+                    await sftp.remove(remote)
+
+        # No deadline: a large tree takes as long as it takes; keepalives still notice a dead server.
+        await self._connection.run("deleting", path.canonical, op, timed=False)
+
+
+async def _info(sftp: asyncssh.SFTPClient, directory: str, name: asyncssh.SFTPName) -> FileInfo | None:
+    attrs = name.attrs
+    if attrs.type == FILEXFER_TYPE_SYMLINK:  # listed as what it points to; a dangling link is not listed
+        try:
+            attrs = await sftp.stat(posixpath.join(directory, str(name.filename)))
+        except asyncssh.SFTPError:
+            return None
+    if attrs.type == FILEXFER_TYPE_DIRECTORY:
+        return FileInfo(str(name.filename), True)
+    if attrs.type == FILEXFER_TYPE_REGULAR:
+        return FileInfo(str(name.filename), False, attrs.size)
+    return None
+
+
+def _listable(name: str | bytes) -> bool:
+    text = str(name)
+    return text not in (".", "..") and not text.startswith(TEMP_PREFIX)
