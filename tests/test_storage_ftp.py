@@ -91,7 +91,7 @@ async def test_ranges_and_early_close_keep_the_pool_usable(store: FTPStore) -> N
     await store.write(p("r.bin"), stream(data), len(data))
     for start, end in [(0, 10), (CHUNK - 5, CHUNK + 5), (len(data) - 1, len(data)), (7, 7)]:
         assert await read_all(store, "r.bin", start, end) == data[start:end]
-    assert len(store._pool._idle) == 1  # an aborted RETR (426) still leaves a clean, reusable session
+    assert len(store._connection._pool._idle) == 1  # an aborted RETR (426) still leaves a clean, reusable session
     handle = await store.open_read(p("r.bin"))
     pieces = handle.iter_range(0, len(data))
     assert await anext(pieces)
@@ -132,7 +132,7 @@ async def test_pool_bounds_connections_under_concurrency(server: StorageServer) 
         await asyncio.gather(*(ftp.write(p(name), stream(body), None) for name, body in bodies.items()))
         read = await asyncio.gather(*(read_all(ftp, name) for name in bodies))
         assert read == list(bodies.values())
-        assert len(ftp._pool._idle) <= 2
+        assert len(ftp._connection._pool._idle) <= 2
     finally:
         await ftp.close()
 
@@ -144,7 +144,7 @@ async def test_server_without_mlsd_is_served_through_list(tmp_path: Path) -> Non
         try:
             await ftp.write(p("a/b.txt"), stream(b"bee"), None)
             await ftp.write(p("a/c/d.txt"), stream(b"dee"), None)
-            assert ftp._mlsx is False
+            assert ftp._commands._mlsx is False
             assert [(f.path, f.is_dir, f.file_size) for f in await ftp.list(p("a"))] == [
                 ("b.txt", False, 3),
                 ("c", True, None),
@@ -254,7 +254,7 @@ async def test_outage_then_recovery_without_restarting_the_store(tmp_path: Path)
             assert await read_all(ftp, "f.txt") == b"before"
             # A restart behind pooled connections: the first command finds one dead, and the retry uses a new one.
             await asyncio.gather(*(read_all(ftp, "f.txt") for _ in range(3)))
-            assert len(ftp._pool._idle) == 3
+            assert len(ftp._connection._pool._idle) == 3
             stop_process(flaky.process)
             flaky.process = start_ftp(tmp_path / "ftp-root", port, tmp_path)
             assert [f.path for f in await ftp.list(p(""))] == ["f.txt"]
@@ -287,7 +287,7 @@ async def test_start_with_the_server_down_serves_503_until_it_is_up(tmp_path: Pa
 )
 def test_a_full_disk_reply_is_507(code: str, text: str) -> None:
     from app.errors import InsufficientStorage
-    from app.storage.ftp_errors import map_error
+    from app.storage.ftp.errors import map_error
 
     reply = aioftp.StatusCodeError(aioftp.Code("2xx"), aioftp.Code(code), [f" {text}"])
     mapped = map_error(reply, "writing", "m/model.bin")
@@ -295,7 +295,7 @@ def test_a_full_disk_reply_is_507(code: str, text: str) -> None:
 
 
 def test_other_transient_replies_stay_503() -> None:
-    from app.storage.ftp_errors import map_error
+    from app.storage.ftp.errors import map_error
 
     reply = aioftp.StatusCodeError(aioftp.Code("2xx"), aioftp.Code("426"), [" Connection closed; transfer aborted."])
     assert map_error(reply, "writing", "m/model.bin").status_code == 503

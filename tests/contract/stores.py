@@ -177,9 +177,9 @@ def _ftp(server: StorageServer, prefix: str, _: pytest.MonkeyPatch) -> ArtifactS
 
 async def _ftp_names(store: Any, path: str) -> list[str]:
     async def op(lease: Any) -> list[str]:
-        return sorted(name for name, _ in await store._entries(lease, store._remote(ArtifactPath(path))) or [])
+        return sorted(name for name, _ in await store._commands.entries(lease, store._remote(ArtifactPath(path))) or [])
 
-    return list(await store.run("listing", path, op))
+    return list(await store._connection.run("listing", path, op))
 
 
 BACKENDS = [

@@ -1,4 +1,4 @@
-"""FTP reply codes and failures mapped onto the service's error hierarchy, for the FTP backend (`app.storage.ftp`)."""
+"""FTP reply codes and failures mapped onto the service's error hierarchy, for the FTP backend."""
 
 from __future__ import annotations
 

@@ -1,0 +1,137 @@
+"""FTPStore: artifacts as files under a directory on an FTP server, `ftp://[user[:password]@]host[:port]/path`, and
+`ftps://` for explicit TLS (AUTH TLS), on aioftp.
+
+- aioftp rather than a thread-wrapped ftplib: native asyncio, so a transfer costs no thread hop per chunk, and it
+  does explicit TLS with the session reused on data connections (which vsftpd and others demand, `tls`). Its
+  `list`, `stat` fallback and `get_stream` leak the data socket when the server refuses the command, so transfers
+  are opened by our own code instead (`commands`).
+- FTP runs one command at a time per connection: a small pool of logged-in connections per process (`pool`,
+  `connection`), passive mode only; idempotent operations are retried once on a fresh connection.
+- Uploads STOR a temp file and RNFR/RNTO it into place (`upload`); downloads RETR with a REST offset for ranges
+  (`download`). MLSD/MLST when the server has them, LIST otherwise. Multipart and presigned URLs do not exist here:
+  the routes answer 501.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from app.errors import InvalidParameter, IsADirectoryArtifact, StorageMisconfigured, StorageTimeout, StorageUnavailable
+from app.paths import ArtifactPath
+from app.settings import Settings
+from app.storage.base import DEFAULT_WRITE, FileInfo, WriteOptions
+from app.storage.ftp.commands import FTPCommands
+from app.storage.ftp.config import FTPConfig, parse_ftp_uri
+from app.storage.ftp.connection import FTPConnection
+from app.storage.ftp.download import FTPDownloads, FTPReadHandle
+from app.storage.ftp.errors import suppress_refused
+from app.storage.ftp.facts import file_info
+from app.storage.ftp.pool import Lease
+from app.storage.ftp.upload import FTPUploads
+
+logger = logging.getLogger("artifact_proxy.storage.ftp")
+
+
+class FTPStore:
+    """Artifacts as files under a directory on an FTP server."""
+
+    multipart_enabled = False
+    presigned_download_enabled = False
+
+    def __init__(self, uri: str, settings: Settings, config: FTPConfig | None = None) -> None:
+        self.settings, config = settings, config or FTPConfig()
+        self.target = parse_ftp_uri(uri, config)
+        self.root = self.target.root
+        self._connection = FTPConnection(self.target, config, settings.storage_timeout)
+        self._commands = FTPCommands(self.root)
+        self._downloads = FTPDownloads(self._connection, self._commands, settings.download_chunk_size)
+        self._uploads = FTPUploads(self._connection, self._commands)
+        if urlsplit(uri).password:
+            logger.warning(
+                "the ftp:// destination carries a password: ARTIFACT_PROXY_FTP_PASSWORD keeps it out of the "
+                "URI, which ends up in logs and process listings"
+            )
+
+    # lifecycle -----------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self._connection.run(
+                "creating the root", self.root, lambda lease: self._commands.makedirs(lease, self.root)
+            )
+        except (StorageUnavailable, StorageTimeout) as exc:
+            # Serve anyway: requests answer 503 until the server is back.
+            logger.warning("FTP server %s not reachable at startup (%s); will retry on use", self.target.host, exc)
+
+    async def close(self) -> None:
+        self._connection.close()
+
+    async def check_ready(self) -> None:
+        async def op(lease: Lease) -> None:
+            await lease.client.command("NOOP", "2xx")
+            if await self._commands.stat(lease, self.root) is None:
+                raise StorageMisconfigured(f"The FTP destination directory {self.root!r} does not exist")
+
+        await self._connection.run("checking the root", self.root, op)
+
+    # names ---------------------------------------------------------------------------------------------------------
+    def _remote(self, path: ArtifactPath) -> str:
+        # Never a bare relative name: `LIST -x` would be read as options by some servers; `./-x` is a path.
+        return posixpath.join(self.root, path.canonical) if path.canonical else self.root
+
+    # read and write ------------------------------------------------------------------------------------------------
+    async def open_read(self, path: ArtifactPath) -> FTPReadHandle:
+        if path.is_root:
+            raise IsADirectoryArtifact(path.canonical)
+        return await self._downloads.open(self._remote(path), path.canonical)
+
+    async def write(
+        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+    ) -> None:
+        if path.is_root:
+            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
+        await self._uploads.write(self._remote(path), path.canonical, chunks, options.create_only)
+
+    # list ----------------------------------------------------------------------------------------------------------
+    async def list(self, path: ArtifactPath) -> list[FileInfo]:
+        remote = self._remote(path)
+
+        async def op(lease: Lease) -> list[FileInfo]:
+            infos = [file_info(name, info) for name, info in await self._commands.entries(lease, remote) or []]
+            return sorted((info for info in infos if info is not None), key=lambda info: info.path)
+
+        return await self._connection.run("listing", path.canonical, op)
+
+    # delete --------------------------------------------------------------------------------------------------------
+    async def delete(self, path: ArtifactPath) -> None:
+        if path.is_root:
+            raise InvalidParameter("Refusing to delete the artifact root")
+        remote = self._remote(path)
+
+        async def op(lease: Lease) -> None:
+            info = await self._commands.stat(lease, remote)
+            if info is None:
+                return
+            if info.get("type") == "dir":
+                await self._rmtree(lease, remote)
+            else:
+                await _remove_file(lease, remote)
+
+        await self._connection.run("deleting", path.canonical, op)
+
+    async def _rmtree(self, lease: Lease, directory: str) -> None:
+        for name, info in await self._commands.entries(lease, directory) or []:
+            child = posixpath.join(directory, name)
+            if info.get("type") == "dir":
+                await self._rmtree(lease, child)
+            else:
+                await _remove_file(lease, child)
+        with suppress_refused():  # removed concurrently
+            await lease.client.remove_directory(directory)
+
+
+async def _remove_file(lease: Lease, remote: str) -> None:
+    with suppress_refused():  # removed concurrently
+        await lease.client.remove_file(remote)
