@@ -159,9 +159,11 @@ def _sftp(server: StorageServer, prefix: str, env: pytest.MonkeyPatch) -> Artifa
 async def _sftp_names(store: Any, path: str) -> list[str]:
     import asyncssh
 
+    from app.storage.remote_paths import remote_path
+
     async def op(sftp: asyncssh.SFTPClient) -> list[str]:
         try:
-            return sorted(str(name) for name in await sftp.listdir(store._remote(ArtifactPath(path))))
+            return sorted(str(name) for name in await sftp.listdir(remote_path(store.root, ArtifactPath(path))))
         except asyncssh.SFTPNoSuchFile:
             return []
 

@@ -13,6 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.storage import StoreConfigError
+from app.storage.remote_paths import root_of
 
 
 class SFTPConfig(BaseSettings):
@@ -43,12 +44,9 @@ def parse_sftp_uri(uri: str) -> SFTPTarget:
         port = parts.port
     except ValueError as exc:
         raise StoreConfigError(f"Invalid port in {uri!r}") from exc
-    path = unquote(parts.path)
-    # As in curl, `/~/dir` is relative to the login directory; any other path is absolute.
-    root = "." if path in ("", "/~", "/~/") else path[3:].rstrip("/") if path.startswith("/~/") else path.rstrip("/")
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
-    return SFTPTarget(parts.hostname, port, user, password, root or "/")
+    return SFTPTarget(parts.hostname, port, user, password, root_of(unquote(parts.path)))
 
 
 def check_files(config: SFTPConfig) -> None:

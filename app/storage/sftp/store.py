@@ -19,9 +19,10 @@ import asyncssh
 from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, FILEXFER_TYPE_SYMLINK
 
 from app.errors import InvalidParameter, IsADirectoryArtifact, StorageTimeout, StorageUnavailable
-from app.paths import TEMP_PREFIX, ArtifactPath
+from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import DEFAULT_WRITE, FileInfo, WriteOptions
+from app.storage.remote_paths import by_name, listable, remote_path
 from app.storage.sftp.config import SFTPConfig, check_files, parse_sftp_uri
 from app.storage.sftp.connection import SFTPConnection
 from app.storage.sftp.errors import MISSING
@@ -64,27 +65,23 @@ class SFTPStore:
     async def check_ready(self) -> None:
         await self._connection.run("checking the root", self.root, lambda sftp: sftp.stat(self.root))
 
-    # names ---------------------------------------------------------------------------------------------------------
-    def _remote(self, path: ArtifactPath) -> str:
-        return posixpath.join(self.root, path.canonical) if path.canonical else self.root
-
     # read and write ------------------------------------------------------------------------------------------------
     async def open_read(self, path: ArtifactPath) -> SFTPReadHandle:
         if path.is_root:
             raise IsADirectoryArtifact(path.canonical)
         chunk_size = self.settings.download_chunk_size
-        return await open_download(self._connection, chunk_size, self._remote(path), path.canonical)
+        return await open_download(self._connection, chunk_size, remote_path(self.root, path), path.canonical)
 
     async def write(
         self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         if path.is_root:
             raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
-        await self._uploads.write(self._remote(path), path.canonical, chunks, options.create_only)
+        await self._uploads.write(remote_path(self.root, path), path.canonical, chunks, options.create_only)
 
     # list ----------------------------------------------------------------------------------------------------------
     async def list(self, path: ArtifactPath) -> list[FileInfo]:
-        remote = self._remote(path)
+        remote = remote_path(self.root, path)
 
         async def op(sftp: asyncssh.SFTPClient) -> list[FileInfo]:
             try:
@@ -95,8 +92,7 @@ class SFTPStore:
                 if await sftp.isdir(remote):
                     raise
                 return []  # a file: the contract lists it as nothing
-            infos = [await _info(sftp, remote, name) for name in names if _listable(name.filename)]
-            return sorted((info for info in infos if info is not None), key=lambda info: info.path)
+            return by_name([await _info(sftp, remote, name) for name in names if listable(str(name.filename))])
 
         return await self._connection.run("listing", path.canonical, op)
 
@@ -104,7 +100,7 @@ class SFTPStore:
     async def delete(self, path: ArtifactPath) -> None:
         if path.is_root:
             raise InvalidParameter("Refusing to delete the artifact root")
-        remote = self._remote(path)
+        remote = remote_path(self.root, path)
 
         async def op(sftp: asyncssh.SFTPClient) -> None:
             try:
@@ -133,8 +129,3 @@ async def _info(sftp: asyncssh.SFTPClient, directory: str, name: asyncssh.SFTPNa
     if attrs.type == FILEXFER_TYPE_REGULAR:
         return FileInfo(str(name.filename), False, attrs.size)
     return None
-
-
-def _listable(name: str | bytes) -> bool:
-    text = str(name)
-    return text not in (".", "..") and not text.startswith(TEMP_PREFIX)

@@ -9,20 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from functools import partial
 
-import anyio
 import asyncssh
 
-from app.errors import AlreadyExists, InvalidParameter
-from app.paths import TEMP_PREFIX
 from app.settings import Settings
 from app.storage.chunks import rechunk
+from app.storage.remote_paths import best_effort, discard_on_failure, publish_refusal, temp_beside
 from app.storage.sftp.connection import SFTPConnection
-from app.storage.sftp.dirs import makedirs
+from app.storage.sftp.dirs import makedirs, target_kind
 from app.storage.sftp.errors import MISSING
 
 logger = logging.getLogger("artifact_proxy.storage.sftp")
@@ -35,9 +32,9 @@ class SFTPUploads:
     async def write(self, target: str, where: str, chunks: AsyncIterator[bytes], create_only: bool) -> None:
         """Store `chunks` at `target` (named `where` in errors), all or nothing."""
         run, io = self._connection.run, self._connection.io
-        temp = posixpath.join(posixpath.dirname(target), f"{TEMP_PREFIX}{secrets.token_hex(16)}")
+        temp = temp_beside(target)
         sftp, file = await run("creating", where, lambda sftp: self._open_temp(sftp, temp, where))
-        try:
+        async with discard_on_failure(partial(self._discard, file, temp)):
             await self._pump(sftp, file, chunks, where)
             if self._settings.fsync_uploads:
                 await io("syncing", where, sftp, partial(_fsync, file))
@@ -45,10 +42,6 @@ class SFTPUploads:
             # Not retried: a rename that happened before the connection dropped must not be redone.
             publish = partial(self._publish, temp=temp, target=target, where=where, create_only=create_only)
             await run("publishing", where, publish, retry=False)
-        except BaseException:
-            with anyio.CancelScope(shield=True):  # a client that went away must not leave a temp file behind
-                await self._discard(file, temp)
-            raise
 
     async def _open_temp(
         self, sftp: asyncssh.SFTPClient, temp: str, where: str
@@ -87,17 +80,14 @@ class SFTPUploads:
             else:
                 await _replace(sftp, temp, target)
         except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists, asyncssh.SFTPFileIsADirectory):
-            if await sftp.isdir(target):
-                raise InvalidParameter(f"Cannot write '{where}': it is a directory") from None
-            if create_only and await sftp.exists(target):
-                raise AlreadyExists(where) from None
+            refusal = publish_refusal(await target_kind(sftp, target, create_only), where, create_only)
+            if refusal is not None:
+                raise refusal from None
             raise
 
     async def _discard(self, file: asyncssh.SFTPClientFile, temp: str) -> None:
-        with suppress(Exception):
-            await asyncio.wait_for(file.close(), 5)
-        with suppress(Exception):  # best effort: a leftover temp file stays hidden from listings
-            await asyncio.wait_for(self._connection.run("discarding", temp, lambda sftp: sftp.remove(temp)), 10)
+        await best_effort(file.close(), 5)
+        await best_effort(self._connection.run("discarding", temp, lambda sftp: sftp.remove(temp)), 10)
 
 
 async def _create(sftp: asyncssh.SFTPClient, temp: str, target: str) -> None:
