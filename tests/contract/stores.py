@@ -178,8 +178,11 @@ def _ftp(server: StorageServer, prefix: str, _: pytest.MonkeyPatch) -> ArtifactS
 
 
 async def _ftp_names(store: Any, path: str) -> list[str]:
+    from app.storage.remote_paths import remote_path
+
     async def op(lease: Any) -> list[str]:
-        return sorted(name for name, _ in await store._commands.entries(lease, store._remote(ArtifactPath(path))) or [])
+        remote = remote_path(store.root, ArtifactPath(path))
+        return sorted(name for name, _ in await store._commands.entries(lease, remote) or [])
 
     return list(await store._connection.run("listing", path, op))
 

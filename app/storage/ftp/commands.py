@@ -1,5 +1,5 @@
 """FTP commands on a leased connection, for the FTP backend: passive data transfers, facts about paths (MLST/MLSD
-when the server has them, LIST otherwise) and `mkdir -p`.
+when the server has them, LIST otherwise) and directory listings.
 
 aioftp's `list`, `stat` fallback and `get_stream` leak the data socket when the server refuses the command, so
 transfers are opened here instead.
@@ -8,15 +8,14 @@ transfers are opened here instead.
 from __future__ import annotations
 
 import posixpath
-from contextlib import suppress
 
 import aioftp
 from aioftp.client import DataConnectionThrottleStreamIO
 
-from app.errors import InvalidParameter
 from app.storage.ftp.errors import refused, reply_code, unsupported
 from app.storage.ftp.facts import Info
 from app.storage.ftp.pool import Lease
+from app.storage.remote_paths import SELF_OR_PARENT
 
 SELF_OR_UP = ("cdir", "pdir")
 
@@ -80,28 +79,6 @@ class FTPCommands:
                 return None
         return await self._list_lines(lease, remote)
 
-    async def makedirs(self, lease: Lease, directory: str, where: str | None = None) -> None:
-        """mkdir -p, from the deepest existing directory down."""
-        if directory in ("", ".", "/"):
-            return
-        try:
-            await lease.client.command(f"MKD {directory}", "257")
-            return
-        except aioftp.StatusCodeError as exc:
-            if not refused(exc):
-                raise
-            refusal = exc
-        info = await self.stat(lease, directory)
-        if info is None:  # a parent is missing too (550 means either)
-            await self.makedirs(lease, posixpath.dirname(directory), where)
-            with suppress(aioftp.StatusCodeError):  # a concurrent upload may make it first
-                await lease.client.command(f"MKD {directory}", "257")
-            info = await self.stat(lease, directory)
-        if info is None:
-            raise refusal
-        if info.get("type") != "dir":
-            raise InvalidParameter(f"Cannot write '{where or directory}': a parent path is a file")
-
     async def _list_lines(self, lease: Lease, remote: str) -> list[tuple[str, Info]] | None:
         mlsd = await self.has_mlsx(lease)
         parse = lease.client.parse_mlsx_line if mlsd else lease.client.parse_list_line
@@ -117,4 +94,6 @@ class FTPCommands:
         entries = [parse(line.rstrip(b"\r\n")) for line in lines if line.strip()]
         named = [(posixpath.basename(str(name)), info) for name, info in entries]
         # `.`, `..` (LIST) and the cdir/pdir entries (MLSD) would make a recursive delete loop forever.
-        return [(name, info) for name, info in named if name not in (".", "..") and info.get("type") not in SELF_OR_UP]
+        return [
+            (name, info) for name, info in named if name not in SELF_OR_PARENT and info.get("type") not in SELF_OR_UP
+        ]

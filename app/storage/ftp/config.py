@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.storage import StoreConfigError
+from app.storage.remote_paths import root_of
 
 
 class FTPConfig(BaseSettings):
@@ -39,11 +40,8 @@ def parse_ftp_uri(uri: str, config: FTPConfig) -> FTPTarget:
         port = parts.port or 21
     except ValueError as exc:
         raise StoreConfigError(f"Invalid port in {uri!r}") from exc
-    path = unquote(parts.path)
-    # As in curl, `/~/dir` is relative to the login directory; any other path is absolute.
-    root = "." if path in ("", "/~", "/~/") else path[3:].rstrip("/") if path.startswith("/~/") else path.rstrip("/")
     password = unquote(parts.password) if parts.password is not None else None
     if password is None:
         password = config.password.get_secret_value() if config.password else "anonymous@"
     user = unquote(parts.username) if parts.username else "anonymous"
-    return FTPTarget(parts.hostname, port, user, password, root or "/", scheme == "ftps" or config.tls)
+    return FTPTarget(parts.hostname, port, user, password, root_of(unquote(parts.path)), scheme == "ftps" or config.tls)

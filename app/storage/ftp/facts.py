@@ -7,8 +7,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from app.paths import TEMP_PREFIX
 from app.storage.base import FileInfo, ObjectMeta
+from app.storage.remote_paths import Kind, listable
 
 Info = Mapping[str, Any]  # MLSx facts ("type", "size", "modify"), or aioftp's parse of a LIST line
 
@@ -27,8 +27,15 @@ def object_meta(info: Info) -> ObjectMeta:
     return ObjectMeta(size=size, etag=f'"{tag}-{size:x}"', last_modified=_modified(info))
 
 
+def kind_of(info: Info | None) -> Kind:
+    """What the facts (None: nothing there) say is at a path."""
+    if info is None:
+        return Kind.MISSING
+    return Kind.DIR if info.get("type") == "dir" else Kind.OTHER
+
+
 def file_info(name: str, info: Info) -> FileInfo | None:
-    if name.startswith(TEMP_PREFIX):
+    if not listable(name):
         return None
     if info.get("type") == "dir":
         return FileInfo(name, True)

@@ -26,11 +26,13 @@ from app.storage.base import DEFAULT_WRITE, FileInfo, WriteOptions
 from app.storage.ftp.commands import FTPCommands
 from app.storage.ftp.config import FTPConfig, parse_ftp_uri
 from app.storage.ftp.connection import FTPConnection
+from app.storage.ftp.dirs import makedirs
 from app.storage.ftp.download import FTPDownloads, FTPReadHandle
 from app.storage.ftp.errors import suppress_refused
 from app.storage.ftp.facts import file_info
 from app.storage.ftp.pool import Lease
 from app.storage.ftp.upload import FTPUploads
+from app.storage.remote_paths import by_name, remote_path
 
 logger = logging.getLogger("artifact_proxy.storage.ftp")
 
@@ -59,7 +61,7 @@ class FTPStore:
     async def start(self) -> None:
         try:
             await self._connection.run(
-                "creating the root", self.root, lambda lease: self._commands.makedirs(lease, self.root)
+                "creating the root", self.root, lambda lease: makedirs(self._commands, lease, self.root)
             )
         except (StorageUnavailable, StorageTimeout) as exc:
             # Serve anyway: requests answer 503 until the server is back.
@@ -76,31 +78,25 @@ class FTPStore:
 
         await self._connection.run("checking the root", self.root, op)
 
-    # names ---------------------------------------------------------------------------------------------------------
-    def _remote(self, path: ArtifactPath) -> str:
-        # Never a bare relative name: `LIST -x` would be read as options by some servers; `./-x` is a path.
-        return posixpath.join(self.root, path.canonical) if path.canonical else self.root
-
     # read and write ------------------------------------------------------------------------------------------------
     async def open_read(self, path: ArtifactPath) -> FTPReadHandle:
         if path.is_root:
             raise IsADirectoryArtifact(path.canonical)
-        return await self._downloads.open(self._remote(path), path.canonical)
+        return await self._downloads.open(remote_path(self.root, path), path.canonical)
 
     async def write(
         self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         if path.is_root:
             raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
-        await self._uploads.write(self._remote(path), path.canonical, chunks, options.create_only)
+        await self._uploads.write(remote_path(self.root, path), path.canonical, chunks, options.create_only)
 
     # list ----------------------------------------------------------------------------------------------------------
     async def list(self, path: ArtifactPath) -> list[FileInfo]:
-        remote = self._remote(path)
+        remote = remote_path(self.root, path)
 
         async def op(lease: Lease) -> list[FileInfo]:
-            infos = [file_info(name, info) for name, info in await self._commands.entries(lease, remote) or []]
-            return sorted((info for info in infos if info is not None), key=lambda info: info.path)
+            return by_name(file_info(name, info) for name, info in await self._commands.entries(lease, remote) or [])
 
         return await self._connection.run("listing", path.canonical, op)
 
@@ -108,7 +104,7 @@ class FTPStore:
     async def delete(self, path: ArtifactPath) -> None:
         if path.is_root:
             raise InvalidParameter("Refusing to delete the artifact root")
-        remote = self._remote(path)
+        remote = remote_path(self.root, path)
 
         async def op(lease: Lease) -> None:
             info = await self._commands.stat(lease, remote)

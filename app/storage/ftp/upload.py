@@ -9,21 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from functools import partial
 from typing import NoReturn
 
 import aioftp
-import anyio
 from aioftp.client import DataConnectionThrottleStreamIO
 
-from app.errors import AlreadyExists, InvalidParameter
-from app.paths import TEMP_PREFIX
 from app.storage.ftp.commands import FTPCommands, open_transfer
 from app.storage.ftp.connection import FTPConnection
+from app.storage.ftp.dirs import makedirs
 from app.storage.ftp.errors import ftp_errors, refused
+from app.storage.ftp.facts import kind_of
 from app.storage.ftp.pool import Lease
+from app.storage.remote_paths import Kind, best_effort, discard_on_failure, publish_refusal, temp_beside
 
 logger = logging.getLogger("artifact_proxy.storage.ftp")
 
@@ -34,8 +34,8 @@ class FTPUploads:
 
     async def write(self, target: str, where: str, chunks: AsyncIterator[bytes], create_only: bool) -> None:
         """Store `chunks` at `target` (named `where` in errors), all or nothing."""
-        temp = posixpath.join(posixpath.dirname(target), f"{TEMP_PREFIX}{secrets.token_hex(16)}")
-        try:
+        temp = temp_beside(target)
+        async with discard_on_failure(partial(self._discard, temp)):
             with ftp_errors("writing", where):
                 async with self._connection.lease() as lease:
                     stream = await self._open_upload(lease, temp, where)
@@ -50,10 +50,6 @@ class FTPUploads:
                     await stream.finish()  # the server's 226: every byte is stored
                     lease.reusable = True
                     await self._publish(lease, temp, target, where, create_only)
-        except BaseException:
-            with anyio.CancelScope(shield=True):  # a client that went away must not leave a temp file behind
-                await self._discard(temp)
-            raise
 
     async def _open_upload(self, lease: Lease, temp: str, where: str) -> DataConnectionThrottleStreamIO:
         try:
@@ -61,23 +57,24 @@ class FTPUploads:
         except aioftp.StatusCodeError as exc:
             if not refused(exc):
                 raise
-        await self._commands.makedirs(lease, posixpath.dirname(temp), where)
+        await makedirs(self._commands, lease, posixpath.dirname(temp), where)
         return await open_transfer(lease, f"STOR {temp}")
 
     async def _publish(self, lease: Lease, temp: str, target: str, where: str, create_only: bool) -> None:
         client, stat = lease.client, self._commands.stat
-        if create_only and (info := await stat(lease, target)) is not None:
-            if info.get("type") == "dir":
-                raise InvalidParameter(f"Cannot write '{where}': it is a directory")
-            raise AlreadyExists(where)  # not atomic: FTP cannot rename only-if-absent
+        if create_only:  # not atomic: FTP cannot rename only-if-absent
+            refusal = publish_refusal(kind_of(await stat(lease, target)), where, create_only)
+            if refusal is not None:
+                raise refusal
         try:
             await client.rename(temp, target)
             return
         except aioftp.StatusCodeError:
-            info = await stat(lease, target)
-            if info is not None and info.get("type") == "dir":
-                raise InvalidParameter(f"Cannot write '{where}': it is a directory") from None
-            if info is None or create_only:
+            kind = kind_of(await stat(lease, target))
+            refusal = publish_refusal(kind, where, create_only=False)  # a directory, whatever the options
+            if refusal is not None:
+                raise refusal from None
+            if kind is Kind.MISSING or create_only:
                 raise
         # Some servers (IIS) refuse to rename onto an existing file: remove it first; readers briefly see no file.
         logger.debug("ftp server refused to replace %r by rename; replacing in two steps", target)
@@ -89,8 +86,7 @@ class FTPUploads:
             with suppress(aioftp.StatusCodeError):  # never created, or already renamed
                 await lease.client.remove_file(temp)
 
-        with suppress(Exception):  # best effort: a leftover temp file stays hidden from listings
-            await asyncio.wait_for(self._connection.run("discarding", temp, op), 10)
+        await best_effort(self._connection.run("discarding", temp, op), 10)
 
 
 async def _raise_servers_reason(stream: DataConnectionThrottleStreamIO, exc: BaseException) -> NoReturn:
