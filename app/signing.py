@@ -44,11 +44,6 @@ def trusted_base_url(request: Request) -> str | None:
     return None
 
 
-def signs_own_urls(store: object) -> bool:
-    """Whether the store's transfer URLs point back at this service (a local directory) rather than at storage."""
-    return getattr(store, "signer", None) is not None
-
-
 class UrlSigner:
     def __init__(self, secret: str, clock: Callable[[], float] = time.time) -> None:
         self._key = secret.encode("utf-8")

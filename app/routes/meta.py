@@ -12,14 +12,14 @@ from app.deps import store_of
 from app.errors import ArtifactProxyError, error_response
 from app.schemas import ServerInfo
 from app.settings import Settings
-from app.signing import signs_own_urls, trusted_base_url
-from app.storage.base import supports_multipart_upload, supports_presigned_download
+from app.signing import trusted_base_url
+from app.storage.base import ArtifactStore, signs_own_urls, supports_multipart_upload, supports_presigned_download
 
 logger = logging.getLogger("artifact_proxy.ready")
 _last_reason: dict[str, str] = {}  # per worker: log a reason when it changes, not at every probe
 
 
-def server_info_payload(store: object, can_sign: bool = True) -> ServerInfo:
+def server_info_payload(store: ArtifactStore, can_sign: bool = True) -> ServerInfo:
     # Answered from configuration, never from a storage round trip: clients probe it with a 3 s timeout.
     # `can_sign`: a store whose URLs point back at us offers them only when we know an address to put in them.
     usable = can_sign or not signs_own_urls(store)

@@ -21,12 +21,14 @@ from app.deps import EMPTY_JSON, announced_length, counted_body, refuse_existing
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PayloadTooLarge, PresignedDownloadUnsupported
 from app.paths import ArtifactPath, canonical_path, multipart_target
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
-from app.signing import current_base_url, signs_own_urls, trusted_base_url
+from app.signing import current_base_url, trusted_base_url
 from app.storage.base import (
+    ArtifactStore,
     CompletedPart,
     CompleteOptions,
     MultipartUploads,
     PresignedDownloads,
+    signs_own_urls,
     supports_multipart_upload,
     supports_presigned_download,
 )
@@ -45,7 +47,7 @@ M = TypeVar("M", bound=BaseModel)
 _unsigned_warning_given: list[bool] = []  # once per worker: a warning per request would drown the log
 
 
-def _can_sign_for(request: Request, store: object) -> bool:
+def _can_sign_for(request: Request, store: ArtifactStore) -> bool:
     """Self-signed URLs point back at us (app.signing.trusted_base_url); without a trustworthy address to put in
     them the store does not offer them, and clients fall back to proxied transfers."""
     if not signs_own_urls(store):

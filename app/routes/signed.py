@@ -8,8 +8,7 @@ idle timeout), and both routes write an audit line whose user is `signed-url`: t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -18,28 +17,21 @@ from starlette.routing import Route
 from app.deps import EMPTY_JSON, announced_length, counted_body, refuse_announced, settings_of, store_of
 from app.errors import ResourceNotFound, error_response
 from app.metrics import AUDIT_KEY
-from app.paths import ArtifactPath, canonical_path
+from app.paths import canonical_path
 from app.routes.artifacts import serve_download
-from app.signing import DOWNLOAD_ROUTE, PART_ROUTE, UrlSigner
+from app.signing import DOWNLOAD_ROUTE, PART_ROUTE
+from app.storage.base import SelfSignedTransfers, signs_own_urls
 
 logger = logging.getLogger("artifact_proxy.signed")
 
 SIGNED_URL_USER = "signed-url"  # the audit log's user for requests authorized by their URL's signature
 
 
-class SelfSigningStore(Protocol):
-    signer: UrlSigner | None
-
-    async def upload_target(self, upload_id: str) -> ArtifactPath: ...
-
-    async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str: ...
-
-
-def _signing_store(request: Request) -> SelfSigningStore:
+def _signing_store(request: Request) -> SelfSignedTransfers:
     store = store_of(request)
-    if getattr(store, "signer", None) is None or not hasattr(store, "write_part"):
+    if not signs_own_urls(store) or not isinstance(store, SelfSignedTransfers):
         raise ResourceNotFound("This destination does not issue self-signed URLs")
-    return store  # type: ignore[return-value]
+    return store
 
 
 async def upload_part(request: Request) -> Response:

@@ -10,8 +10,9 @@ Semantics every backend honours:
 - `delete` removes a file or a whole prefix and is idempotent (a missing path is not an error).
 - `open_read` raises `ArtifactNotFound` for a missing object and `IsADirectoryArtifact` for a directory/prefix.
 
-Optional capabilities are separate protocols (`MultipartUploads`, `PresignedDownloads`); `supports_*` below is the one
-check that drives both `server-info` and the 501 answers.
+Optional operations are separate protocols (`MultipartUploads`, `PresignedDownloads`, `SelfSignedTransfers`); which of
+them a store offers is its `Capabilities`, fixed when it is built, and `supports_*` below is the one check that drives
+both `server-info` and the 501 answers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from app.errors import PayloadTooLarge
 from app.paths import ArtifactPath
+from app.signing import UrlSigner
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +113,19 @@ class PresignedUrl:
     file_size: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a store offers beyond the core, decided from its configuration when it is built (never probed)."""
+
+    multipart_upload: bool = False  # presigned multipart (`MultipartUploads`)
+    presigned_download: bool = False  # presigned downloads (`PresignedDownloads`)
+    signs_own_urls: bool = False  # its transfer URLs point back at this service (`SelfSignedTransfers`)
+
+
 class ArtifactStore(Protocol):
     """The small async core every destination provides."""
+
+    capabilities: Capabilities
 
     async def start(self) -> None:
         """Open shared clients; called once per process in the app's lifespan."""
@@ -159,9 +172,26 @@ class PresignedDownloads(Protocol):
     async def presign_download(self, path: ArtifactPath) -> PresignedUrl: ...
 
 
-def supports_multipart_upload(store: object) -> bool:
-    return isinstance(store, MultipartUploads) and getattr(store, "multipart_enabled", True)
+@runtime_checkable
+class SelfSignedTransfers(Protocol):
+    """A store whose multipart parts and downloads go through this service (app/routes/signed.py), under URLs it
+    signs itself: the signature is the authorization."""
+
+    signer: UrlSigner | None
+
+    async def upload_target(self, upload_id: str) -> ArtifactPath: ...
+
+    async def write_part(self, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]) -> str: ...
 
 
-def supports_presigned_download(store: object) -> bool:
-    return isinstance(store, PresignedDownloads) and getattr(store, "presigned_download_enabled", True)
+def supports_multipart_upload(store: ArtifactStore) -> bool:
+    return store.capabilities.multipart_upload and isinstance(store, MultipartUploads)
+
+
+def supports_presigned_download(store: ArtifactStore) -> bool:
+    return store.capabilities.presigned_download and isinstance(store, PresignedDownloads)
+
+
+def signs_own_urls(store: ArtifactStore) -> bool:
+    """Whether the store's transfer URLs point back at this service (a local directory) rather than at storage."""
+    return store.capabilities.signs_own_urls

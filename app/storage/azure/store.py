@@ -26,6 +26,7 @@ from app.storage.azure.writer import BlockWriter
 from app.storage.base import (
     DEFAULT_COMPLETE,
     DEFAULT_WRITE,
+    Capabilities,
     CompletedPart,
     CompleteOptions,
     CreatedMultipartUpload,
@@ -44,8 +45,10 @@ class AzureBlobStore:
         self.settings = settings
         self.config = config or AzureConfig()
         self.client = AzureClient(uri, settings, self.config)
-        self.multipart_enabled = settings.enable_multipart and self.config.can_sign
-        self.presigned_download_enabled = settings.enable_presigned_download and self.config.can_sign
+        self.capabilities = Capabilities(
+            multipart_upload=settings.enable_multipart and self.config.can_sign,
+            presigned_download=settings.enable_presigned_download and self.config.can_sign,
+        )
         self._writer = BlockWriter(self.client, self.config.block_size)
         self._signer = SasSigner(self.client)
         self._uploads = BlockListUploads(self.client, self._signer, settings)
@@ -110,7 +113,7 @@ class AzureBlobStore:
 
     # presigned multipart -------------------------------------------------------------------------------------------
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
-        if not self.multipart_enabled:
+        if not self.capabilities.multipart_upload:
             raise MultipartUploadUnsupported()
         return await self._uploads.create(path, num_parts)
 
@@ -130,7 +133,7 @@ class AzureBlobStore:
 
     # presigned download --------------------------------------------------------------------------------------------
     async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
-        if not self.presigned_download_enabled:
+        if not self.capabilities.presigned_download:
             raise PresignedDownloadUnsupported()
         meta = await self.client.meta(path)
         ttl, disposition = self.settings.presigned_download_ttl, content_disposition(path.basename)

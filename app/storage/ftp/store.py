@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from app.errors import InvalidParameter, IsADirectoryArtifact, StorageMisconfigured, StorageTimeout, StorageUnavailable
 from app.paths import ArtifactPath
 from app.settings import Settings
-from app.storage.base import DEFAULT_WRITE, FileInfo, WriteOptions
+from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, WriteOptions
 from app.storage.ftp.commands import FTPCommands
 from app.storage.ftp.config import FTPConfig, parse_ftp_uri
 from app.storage.ftp.connection import FTPConnection
@@ -40,8 +40,7 @@ logger = logging.getLogger("artifact_proxy.storage.ftp")
 class FTPStore:
     """Artifacts as files under a directory on an FTP server."""
 
-    multipart_enabled = False
-    presigned_download_enabled = False
+    capabilities = Capabilities()  # FTP cannot presign: multipart and presigned downloads answer 501
 
     def __init__(self, uri: str, settings: Settings, config: FTPConfig | None = None) -> None:
         self.settings, config = settings, config or FTPConfig()

@@ -16,6 +16,7 @@ from app.storage import StoreConfigError
 from app.storage.base import (
     DEFAULT_COMPLETE,
     DEFAULT_WRITE,
+    Capabilities,
     CompletedPart,
     CompleteOptions,
     CreatedMultipartUpload,
@@ -46,8 +47,10 @@ class GCSStore:
         # Signed URLs point where clients must reach the bucket: the configured base, else the API root.
         base_url = self.config.signed_url_base or self.client.api_root
         self._signer = URLSigner(key, bucket, base_url) if key is not None else None
-        self.multipart_enabled = settings.enable_multipart and self._signer is not None
-        self.presigned_download_enabled = settings.enable_presigned_download and self._signer is not None
+        self.capabilities = Capabilities(
+            multipart_upload=settings.enable_multipart and self._signer is not None,
+            presigned_download=settings.enable_presigned_download and self._signer is not None,
+        )
         self._read_chunk = min(self.config.download_chunk_size or settings.download_chunk_size, MAX_READ_CHUNK)
         self._writer = ObjectWriter(self.client, self.config.upload_block)
         self._uploads = ComposedUploads(self.client, self._signer, settings)
@@ -107,7 +110,7 @@ class GCSStore:
 
     # presigned multipart -------------------------------------------------------------------------------------------
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
-        if not self.multipart_enabled:
+        if not self.capabilities.multipart_upload:
             raise MultipartUploadUnsupported()
         return await self._uploads.create(path, num_parts)
 
@@ -125,7 +128,7 @@ class GCSStore:
 
     # presigned download --------------------------------------------------------------------------------------------
     async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
-        if not self.presigned_download_enabled or self._signer is None:
+        if not self.capabilities.presigned_download or self._signer is None:
             raise PresignedDownloadUnsupported()
         data = await self.client.stat(path)
         query = {"response-content-disposition": content_disposition(path.basename)}

@@ -29,6 +29,7 @@ from app.signing import UrlSigner
 from app.storage.base import (
     DEFAULT_COMPLETE,
     DEFAULT_WRITE,
+    Capabilities,
     CompletedPart,
     CompleteOptions,
     CreatedMultipartUpload,
@@ -62,8 +63,11 @@ class LocalStore:
         self._sweeper: asyncio.Task[None] | None = None
         # Presigning needs a secret shared by every worker; without one the capability is off (501, server-info).
         self.signer = UrlSigner(settings.signing_secret) if settings.signing_secret else None
-        self.multipart_enabled = self.signer is not None and settings.enable_multipart
-        self.presigned_download_enabled = self.signer is not None and settings.enable_presigned_download
+        self.capabilities = Capabilities(
+            multipart_upload=self.signer is not None and settings.enable_multipart,
+            presigned_download=self.signer is not None and settings.enable_presigned_download,
+            signs_own_urls=self.signer is not None,
+        )
         self._presigning = LocalPresigning(self.files, self.signer)
 
     # lifecycle -------------------------------------------------------------------------------------------------

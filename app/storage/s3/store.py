@@ -21,6 +21,7 @@ from app.settings import Settings
 from app.storage.base import (
     DEFAULT_COMPLETE,
     DEFAULT_WRITE,
+    Capabilities,
     CompletedPart,
     CompleteOptions,
     CreatedMultipartUpload,
@@ -45,8 +46,9 @@ class S3Store:
     def __init__(self, uri: str, settings: Settings, config: S3Config | None = None) -> None:
         self.settings = settings
         self.config = config if config is not None else S3Config()
-        self.multipart_enabled = settings.enable_multipart
-        self.presigned_download_enabled = settings.enable_presigned_download
+        self.capabilities = Capabilities(
+            multipart_upload=settings.enable_multipart, presigned_download=settings.enable_presigned_download
+        )
         self.client = S3Client(uri, settings, self.config)
         self._uploader = S3Uploader(self.client, self.config)
         self._presigner = S3Presigner(self.client, settings)

@@ -21,7 +21,7 @@ from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, F
 from app.errors import InvalidParameter, IsADirectoryArtifact, StorageTimeout, StorageUnavailable
 from app.paths import ArtifactPath
 from app.settings import Settings
-from app.storage.base import DEFAULT_WRITE, FileInfo, WriteOptions
+from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, WriteOptions
 from app.storage.remote_paths import by_name, listable, remote_path
 from app.storage.sftp.config import SFTPConfig, check_files, parse_sftp_uri
 from app.storage.sftp.connection import SFTPConnection
@@ -35,8 +35,7 @@ logger = logging.getLogger("artifact_proxy.storage.sftp")
 class SFTPStore:
     """Artifacts as files under a directory on an SFTP server."""
 
-    multipart_enabled = False
-    presigned_download_enabled = False
+    capabilities = Capabilities()  # SFTP cannot presign: multipart and presigned downloads answer 501
 
     def __init__(self, uri: str, settings: Settings, config: SFTPConfig | None = None) -> None:
         self.settings, config = settings, config or SFTPConfig()
