@@ -82,8 +82,7 @@ async def counted_body(
 async def refuse_existing(store: ArtifactStore, path: ArtifactPath) -> None:
     """Refuse a create-only upload before its body is read; the backend's atomic condition still settles races."""
     try:
-        handle = await store.open_read(path)
+        await store.head(path)
     except (ArtifactNotFound, IsADirectoryArtifact):
         return
-    await handle.aclose()
     raise AlreadyExists(path.canonical)

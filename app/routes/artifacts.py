@@ -40,19 +40,22 @@ async def download(request: Request) -> Response:
 
 
 async def serve_download(request: Request, path: ArtifactPath) -> Response:
+    if request.method == "HEAD":
+        status, headers, _ = plan_download(request.headers, path, await store_of(request).head(path))
+        if status == 416:
+            return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
+        response = Response(status_code=status, headers=headers)
+        response.body = b""  # the headers of the GET, Content-Length included, and no body
+        return response
     handle = await store_of(request).open_read(path)
     try:
         status, headers, byte_range = plan_download(request.headers, path, handle.meta)
     except BaseException:
         await handle.aclose()
         raise
-    if request.method == "HEAD" or status == 416:
+    if status == 416:
         await handle.aclose()
-        if status == 416:
-            return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
-        response = Response(status_code=status, headers=headers)
-        response.body = b""
-        return response
+        return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
     return ReadHandleResponse(handle, byte_range, status, headers)
 
 

@@ -136,6 +136,10 @@ class ArtifactStore(Protocol):
     async def check_ready(self) -> None:
         """Raise an `ArtifactProxyError` when the store cannot currently serve requests."""
 
+    async def head(self, path: ArtifactPath) -> ObjectMeta:
+        """The object's metadata without opening it for reading; the errors of `open_read`. HEAD requests and
+        create-only checks use it, so neither reads (or holds) anything they would throw away."""
+
     async def open_read(self, path: ArtifactPath) -> ReadHandle: ...
 
     async def write(

@@ -212,6 +212,24 @@ async def test_open_read_of_missing_path_and_of_directory(store: ArtifactStore) 
             await store.open_read(p(directory))
 
 
+@every_backend
+async def test_head_answers_what_open_read_would_without_opening(store: ArtifactStore) -> None:
+    data = blob(3000, seed=5)
+    await put(store, "d/inner/f.txt", data)
+    meta = await store.head(p("d/inner/f.txt"))
+    handle = await store.open_read(p("d/inner/f.txt"))
+    try:
+        assert (meta.size, meta.etag, meta.sha256) == (len(data), handle.meta.etag, handle.meta.sha256)
+    finally:
+        await handle.aclose()
+    for missing in ("nope.txt", "d/in", "d/inner/f", "d/inner/f.txt/below", "other/f.txt"):
+        with pytest.raises(ArtifactNotFound):
+            await store.head(p(missing))
+    for directory in ("d", "d/inner", ""):
+        with pytest.raises(IsADirectoryArtifact):
+            await store.head(p(directory))
+
+
 @pytest.mark.parametrize("spec", backends(hierarchical=True))
 async def test_no_file_below_a_file_or_over_a_directory(store: ArtifactStore) -> None:
     await put(store, "f/file.txt", b"x")

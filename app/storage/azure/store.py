@@ -31,6 +31,7 @@ from app.storage.base import (
     CompleteOptions,
     CreatedMultipartUpload,
     FileInfo,
+    ObjectMeta,
     PresignedUrl,
     WriteOptions,
 )
@@ -64,6 +65,9 @@ class AzureBlobStore:
         await self.client.check_ready()
 
     # read and write ------------------------------------------------------------------------------------------------
+    async def head(self, path: ArtifactPath) -> ObjectMeta:
+        return await self.client.meta(path)
+
     async def open_read(self, path: ArtifactPath) -> AzureReadHandle:
         meta = await self.client.meta(path)
         return AzureReadHandle(self.client.blob(path), meta, path.canonical)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from app.errors import InvalidParameter, IsADirectoryArtifact, StorageMisconfigured, StorageTimeout, StorageUnavailable
 from app.paths import ArtifactPath
 from app.settings import Settings
-from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, WriteOptions
+from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
 from app.storage.ftp.commands import FTPCommands
 from app.storage.ftp.config import FTPConfig, parse_ftp_uri
 from app.storage.ftp.connection import FTPConnection
@@ -78,6 +78,9 @@ class FTPStore:
         await self._connection.run("checking the root", self.root, op)
 
     # read and write ------------------------------------------------------------------------------------------------
+    async def head(self, path: ArtifactPath) -> ObjectMeta:
+        return (await self.open_read(path)).meta  # opening is a single MLST: nothing is held open
+
     async def open_read(self, path: ArtifactPath) -> FTPReadHandle:
         if path.is_root:
             raise IsADirectoryArtifact(path.canonical)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
+from typing import Any
 
 from app.downloads import content_disposition
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
@@ -71,16 +72,12 @@ class GCSStore:
         await self.client.check_ready()
 
     # read and write ------------------------------------------------------------------------------------------------
+    async def head(self, path: ArtifactPath) -> ObjectMeta:
+        return _meta(await self.client.stat(path))
+
     async def open_read(self, path: ArtifactPath) -> GCSReadHandle:
         data = await self.client.stat(path)
-        updated, generation = data.get("updated"), data.get("generation")
-        meta = ObjectMeta(
-            sha256=(data.get("metadata") or {}).get("sha256"),
-            size=int(data.get("size", 0)),
-            etag=f'"{generation}"' if generation else None,
-            last_modified=datetime.fromisoformat(updated).timestamp() if updated else None,
-        )
-        return GCSReadHandle(self.client, path, meta, generation, self._read_chunk)
+        return GCSReadHandle(self.client, path, _meta(data), data.get("generation"), self._read_chunk)
 
     async def write(
         self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
@@ -142,3 +139,14 @@ def _child(name: str, prefix: str) -> str | None:
     """The basename of a listed key one level below `prefix`; None for the placeholder, strays and staging."""
     base = name[len(prefix) :] if name.startswith(prefix) else ""
     return base if base and "/" not in base and not base.startswith(TEMP_PREFIX) else None
+
+
+def _meta(data: dict[str, Any]) -> ObjectMeta:
+    """An object resource's metadata; the generation is the ETag, so a replaced object never matches."""
+    updated, generation = data.get("updated"), data.get("generation")
+    return ObjectMeta(
+        sha256=(data.get("metadata") or {}).get("sha256"),
+        size=int(data.get("size", 0)),
+        etag=f'"{generation}"' if generation else None,
+        last_modified=datetime.fromisoformat(updated).timestamp() if updated else None,
+    )

@@ -54,6 +54,27 @@ class LocalReadHandle:
 
 def open_for_read(files: LocalFiles, path: ArtifactPath) -> LocalReadHandle:
     """Open `path` for reading (a thread-hop step: run it with `files.run`)."""
+    fd, st = _open_regular(files, path)
+    try:
+        prefetched = os.pread(fd, st.st_size, 0) if st.st_size <= PREFETCH_LIMIT else None
+        meta = _meta_from_stat(st, _read_digest(fd, path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return LocalReadHandle(fd, meta, prefetched, files.settings.download_chunk_size)
+
+
+def head_of(files: LocalFiles, path: ArtifactPath) -> ObjectMeta:
+    """The metadata `open_for_read` would give, nothing read (a thread-hop step)."""
+    fd, st = _open_regular(files, path)
+    try:
+        return _meta_from_stat(st, _read_digest(fd, path))
+    finally:
+        os.close(fd)
+
+
+def _open_regular(files: LocalFiles, path: ArtifactPath) -> tuple[int, os.stat_result]:
+    """An open descriptor on the regular file at `path`, and its stat; 404 for anything that is not one."""
     try:
         fd = files.dir.open(path.canonical, READ_FLAGS)
     except MISSING as exc:
@@ -68,12 +89,10 @@ def open_for_read(files: LocalFiles, path: ArtifactPath) -> LocalReadHandle:
             raise IsADirectoryArtifact(path.canonical)
         if not stat.S_ISREG(st.st_mode):  # a FIFO or a device: never an artifact, never read
             raise ArtifactNotFound(path.canonical)
-        prefetched = os.pread(fd, st.st_size, 0) if st.st_size <= PREFETCH_LIMIT else None
-        meta = _meta_from_stat(st, _read_digest(fd, path))
     except BaseException:
         os.close(fd)
         raise
-    return LocalReadHandle(fd, meta, prefetched, files.settings.download_chunk_size)
+    return fd, st
 
 
 def _meta_from_stat(st: os.stat_result, sha256: str | None = None) -> ObjectMeta:

@@ -34,12 +34,13 @@ from app.storage.base import (
     CompleteOptions,
     CreatedMultipartUpload,
     FileInfo,
+    ObjectMeta,
     PresignedUrl,
     WriteOptions,
 )
 from app.storage.local.files import MISSING, LocalFiles, TempFile, write_all
 from app.storage.local.presigning import LocalPresigning
-from app.storage.local.reading import LocalReadHandle, open_for_read
+from app.storage.local.reading import LocalReadHandle, head_of, open_for_read
 from app.storage.local.resolve import PATH_FLAGS
 from app.storage.local.sweep import sweep
 
@@ -114,6 +115,10 @@ class LocalStore:
         return path if where is None or where == path.canonical else ArtifactPath(where)
 
     # read ---------------------------------------------------------------------------------------------------------
+    async def head(self, path: ArtifactPath) -> ObjectMeta:
+        meta: ObjectMeta = await self.files.run(head_of, self.files, path)
+        return meta
+
     async def open_read(self, path: ArtifactPath) -> LocalReadHandle:
         handle: LocalReadHandle = await self.files.run(open_for_read, self.files, path)
         return handle

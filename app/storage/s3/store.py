@@ -26,6 +26,7 @@ from app.storage.base import (
     CompleteOptions,
     CreatedMultipartUpload,
     FileInfo,
+    ObjectMeta,
     PresignedUrl,
     WriteOptions,
 )
@@ -64,6 +65,9 @@ class S3Store:
         await self.client.check_ready()
 
     # read ----------------------------------------------------------------------------------------------------------
+    async def head(self, path: ArtifactPath) -> ObjectMeta:
+        return await self.client.head(path)
+
     async def open_read(self, path: ArtifactPath) -> S3ReadHandle:
         return S3ReadHandle(self.client, path, await self.client.head(path), self.settings.download_chunk_size)
 

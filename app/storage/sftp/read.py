@@ -80,3 +80,20 @@ async def open_download(connection: SFTPConnection, chunk_size: int, remote: str
         return SFTPReadHandle(connection, chunk_size, sftp, file, object_meta(attrs), where)
 
     return await connection.run("opening", where, op)
+
+
+async def stat_file(connection: SFTPConnection, remote: str, where: str) -> ObjectMeta:
+    """The metadata of the regular file `remote`, without opening it (links followed, as `open` follows them)."""
+
+    async def op(sftp: asyncssh.SFTPClient) -> ObjectMeta:
+        try:
+            attrs = await sftp.stat(remote)
+        except MISSING as exc:
+            raise ArtifactNotFound(where) from exc
+        if attrs.type == FILEXFER_TYPE_DIRECTORY:
+            raise IsADirectoryArtifact(where)
+        if attrs.type != FILEXFER_TYPE_REGULAR:
+            raise ArtifactNotFound(where)
+        return object_meta(attrs)
+
+    return await connection.run("opening", where, op)

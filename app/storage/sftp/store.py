@@ -21,12 +21,12 @@ from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, F
 from app.errors import InvalidParameter, IsADirectoryArtifact, StorageTimeout, StorageUnavailable
 from app.paths import ArtifactPath
 from app.settings import Settings
-from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, WriteOptions
+from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
 from app.storage.remote_paths import by_name, listable, remote_path
 from app.storage.sftp.config import SFTPConfig, check_files, parse_sftp_uri
 from app.storage.sftp.connection import SFTPConnection
 from app.storage.sftp.errors import MISSING
-from app.storage.sftp.read import SFTPReadHandle, open_download
+from app.storage.sftp.read import SFTPReadHandle, open_download, stat_file
 from app.storage.sftp.upload import SFTPUploads
 
 logger = logging.getLogger("artifact_proxy.storage.sftp")
@@ -65,6 +65,11 @@ class SFTPStore:
         await self._connection.run("checking the root", self.root, lambda sftp: sftp.stat(self.root))
 
     # read and write ------------------------------------------------------------------------------------------------
+    async def head(self, path: ArtifactPath) -> ObjectMeta:
+        if path.is_root:
+            raise IsADirectoryArtifact(path.canonical)
+        return await stat_file(self._connection, remote_path(self.root, path), path.canonical)
+
     async def open_read(self, path: ArtifactPath) -> SFTPReadHandle:
         if path.is_root:
             raise IsADirectoryArtifact(path.canonical)
