@@ -37,20 +37,28 @@ from typing import Any
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-VENV_BIN = Path(sys.executable).parent
-PROXY_BIN = VENV_BIN / "artifact-proxy"
-MLFLOW_VENV = Path(os.environ.get("MLFLOW_VENV", BENCH.parent / ".venv-mlflow"))
-MLFLOW_BIN = MLFLOW_VENV / "bin" / "mlflow"
-WEED_BIN = Path(shutil.which("weed", path=str(VENV_BIN)) or VENV_BIN / "weed")
-NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
-API = "/api/2.0/mlflow-artifacts/artifacts"
-GIB = 1024**3
-SMALL = 16 * 1024
-LIST_N = 10_000
-CONCURRENCY = 32
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "benchAK", "AWS_SECRET_ACCESS_KEY": "benchSK", "AWS_DEFAULT_REGION": "us-east-1"}
+if __package__ in (None, ""):
+    # `python bench/run.py` (the Makefile's command) puts bench/ on sys.path, not the repo: add the repo so the
+    # sibling modules import as the `bench` package, as they do for `import bench.run` and bench/profile.py.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.config import (  # noqa: E402
+    ALL_SERVERS,
+    API,
+    BENCH,
+    CONCURRENCY,
+    GIB,
+    LIST_N,
+    MLFLOW_BIN,
+    MLFLOW_VENV,
+    NGINX_BIN,
+    PROXY_BIN,
+    ROOT,
+    S3_KEYS,
+    SMALL,
+    WEED_BIN,
+    Settings,
+)
 
 PORTS: set[int] = set()
 COMMANDS: list[str] = []  # every external command, with the temp dir shown as $TMP, for the report
@@ -399,8 +407,8 @@ def mb(n: float | None) -> str:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.results: dict[str, Any] = {
             "large": {},
             "small": {},
@@ -422,7 +430,7 @@ class Bench:
         with open(self.one_gib, "wb") as f:
             for _ in range(16):
                 f.write(os.urandom(64 * 1024 * 1024))
-        if self.args.big:
+        if self.settings.big:
             log("writing 4 GiB test file (the 1 GiB file four times)")
             with open(self.one_gib, "rb") as src, open(self.four_gib, "wb") as dst:
                 for _ in range(4):
@@ -454,8 +462,8 @@ class Bench:
             str(port),
             "--no-access-log",
         ]
-        if self.args.proxy_workers:
-            cmd += ["--workers", str(self.args.proxy_workers)]
+        if self.settings.proxy_workers:
+            cmd += ["--workers", str(self.settings.proxy_workers)]
         return Server("artifact-proxy", cmd, port, "/health", TMP, extra_env or {})
 
     def mlflow_server(self, root: Path) -> Server:
@@ -524,11 +532,12 @@ class Bench:
 
             large: dict[str, Any] = {}
             large["upload"] = self._guard(
-                f"{key} upload", lambda: transfer(server, "upload", url, self.one_gib, GIB, self.args.reps, check_size)
+                f"{key} upload",
+                lambda: transfer(server, "upload", url, self.one_gib, GIB, self.settings.reps, check_size),
             )
             if download:
                 large["download"] = self._guard(
-                    f"{key} download", lambda: transfer(server, "download", url, None, GIB, self.args.reps)
+                    f"{key} download", lambda: transfer(server, "download", url, None, GIB, self.settings.reps)
                 )
             self.results["large"][key] = large
             if key != "sink":
@@ -570,7 +579,7 @@ class Bench:
         get_url = f"{server.base}{API}/bench/small/f0.bin"
         put_url = f"{server.base}{API}/bench/small/put.bin"
         list_url = f"{server.base}{API}/bench/small/" if nginx_layout else f"{server.base}{API}?path=bench/small"
-        d = self.args.duration
+        d = self.settings.duration
         jobs = {
             "PUT": lambda: hey(put_url, "PUT", d, self.small),
             "GET": lambda: hey(get_url, "GET", d),
@@ -686,7 +695,7 @@ class Bench:
                         raise
                     time.sleep(0.5)
             res: dict[str, Any] = {}
-            reps = self.args.reps
+            reps = self.settings.reps
             ups, downs = [], []
             for _ in range(reps):
                 os.sync()
@@ -714,7 +723,7 @@ class Bench:
     # ---- main
 
     def run(self) -> None:
-        only = set(self.args.only.split(","))
+        only = set(self.settings.only)
         self.make_data()
         if "sink" in only:
             self.section(
@@ -731,11 +740,11 @@ class Bench:
             self.section(
                 "artifact-proxy",
                 lambda: self.run_http(
-                    "proxy", self.proxy_server, small=True, listing=True, download=True, big=self.args.big
+                    "proxy", self.proxy_server, small=True, listing=True, download=True, big=self.settings.big
                 ),
             )
         self.four_gib.unlink(missing_ok=True)
-        if "proxy" in only and self.args.fsync_variant:
+        if "proxy" in only and self.settings.fsync_variant:
             env = {"ARTIFACT_PROXY_FSYNC_UPLOADS": "false"}
             self.section(
                 "artifact-proxy, fsync off (diagnostic)",
@@ -761,7 +770,7 @@ class Bench:
 # Report
 
 
-def machine() -> dict[str, str]:
+def machine(proxy_workers: int | None) -> dict[str, str]:
     def version(cmd: list[str]) -> str:
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -789,7 +798,7 @@ def machine() -> dict[str, str]:
         "nginx": version([NGINX_BIN, "-v"]),
         "curl": version(["curl", "--version"]),
         "hey": "hey (Debian package " + version(["dpkg-query", "-W", "-f=${Version}", "hey"]) + ")",
-        "proxy workers": str(BENCH_ARGS.proxy_workers or "default (" + str(max(1, min(os.cpu_count() or 1, 4))) + ")"),
+        "proxy workers": str(proxy_workers or "default (" + str(max(1, min(os.cpu_count() or 1, 4))) + ")"),
     }
 
 
@@ -813,8 +822,8 @@ def g(d: Any, *keys: str) -> Any:
     return d
 
 
-def report(results: dict[str, Any], args: argparse.Namespace, started: float) -> str:
-    m = machine()
+def report(results: dict[str, Any], settings: Settings, started: float) -> str:
+    m = machine(settings.proxy_workers)
     L = results["large"]
     names = {
         "proxy": "artifact-proxy",
@@ -831,7 +840,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
         f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; the run took {(time.time() - started) / 60:.1f} min. "
         "Single runs on a shared 2-core VM where other test suites were running: read the ratios, not the absolute "
         "numbers. Large transfers are the median of "
-        f"{args.reps} runs; small requests run {args.duration:g} s each after a 256-request warm-up.\n"
+        f"{settings.reps} runs; small requests run {settings.duration:g} s each after a 256-request warm-up.\n"
     )
     w("## Machine and settings\n")
     w("| | |\n|---|---|")
@@ -903,7 +912,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
     S = results["small"]
     w(f"## 16 KiB PUT, GET and LIST at concurrency {CONCURRENCY} (hey)\n")
     w(
-        f"`hey -z {args.duration:g}s -c {CONCURRENCY}`. PUT sends the same 16 KiB body to the **same path** every "
+        f"`hey -z {settings.duration:g}s -c {CONCURRENCY}`. PUT sends the same 16 KiB body to the **same path** every "
         "time (hey cannot vary the URL), so it measures overwrite. GET fetches one 16 KiB file. LIST lists a directory "
         "of 10 files (`GET artifacts?path=bench/small`; nginx: `autoindex_format json` on the directory). Errors are "
         "non-2xx responses plus transport errors.\n"
@@ -1066,11 +1075,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, started: float) ->
     return "\n".join(out) + "\n"
 
 
-BENCH_ARGS: argparse.Namespace
-
-
 def main() -> int:
-    global TMP, BENCH_ARGS
+    global TMP
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--big",
@@ -1090,21 +1096,20 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="sink,nginx,proxy,mlflow,s3",
+        default=ALL_SERVERS,
         help="comma-separated subset of sink,nginx,proxy,mlflow,s3 (for quick checks)",
     )
     parser.add_argument("--tmp", type=Path, default=None, help="parent for the temp dir (default: system temp)")
-    args = parser.parse_args()
-    BENCH_ARGS = args
+    settings = Settings.from_args(parser.parse_args())
     for tool in ("curl", "hey"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: run `bash bench/setup.sh` first")
     if not MLFLOW_BIN.exists():
         sys.exit(f"{MLFLOW_BIN} not found: run `bash bench/setup.sh` first")
     started = time.time()
-    TMP = Path(tempfile.mkdtemp(prefix="artifact-proxy-bench-", dir=args.tmp))
+    TMP = Path(tempfile.mkdtemp(prefix="artifact-proxy-bench-", dir=settings.tmp))
     log(f"temp dir {TMP}")
-    bench = Bench(args)
+    bench = Bench(settings)
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1115,10 +1120,10 @@ def main() -> int:
     finally:
         shutil.rmtree(TMP, ignore_errors=True)
         log(f"removed {TMP}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(bench.results, args, started))
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    settings.out.write_text(report(bench.results, settings, started))
     (BENCH / "results.json").write_text(json.dumps(bench.results, indent=2, default=str))
-    log(f"wrote {args.out} and bench/results.json in {(time.time() - started) / 60:.1f} min")
+    log(f"wrote {settings.out} and bench/results.json in {(time.time() - started) / 60:.1f} min")
     return 1 if bench.results["errors"] else 0
 
 
