@@ -61,24 +61,25 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--top", type=int, default=20)
     args = p.parse_args()
-    run.TMP = Path(tempfile.mkdtemp(prefix="artifact-proxy-profile-"))
+    transcript = run.Transcript(Path(tempfile.mkdtemp(prefix="artifact-proxy-profile-")))
+    tmp = transcript.tmp
     outdir = run.BENCH / "profiles"
     outdir.mkdir(exist_ok=True)
     try:
-        root = run.TMP / "root"
+        root = tmp / "root"
         (root / "bench/small").mkdir(parents=True)
-        small = run.TMP / "16k.bin"
+        small = tmp / "16k.bin"
         small.write_bytes(os.urandom(run.SMALL))
         for i in range(10):
             (root / f"bench/small/f{i}.bin").write_bytes(small.read_bytes())
-        big = run.TMP / "1g.bin"
+        big = tmp / "1g.bin"
         if args.workload in ("upload", "download"):
             with open(big, "wb") as f:
                 for _ in range(16):
                     f.write(os.urandom(64 * 1024 * 1024))
             if args.workload == "download":
                 shutil.copy(big, root / "bench/large.bin")
-        port = run.free_port()
+        port = transcript.free_port()
         cmd = [
             str(run.PROXY_BIN),
             "server",
@@ -92,7 +93,7 @@ def main() -> None:
         ]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
-        server = run.Server("artifact-proxy", cmd, port, "/health", run.TMP)
+        server = run.Server("artifact-proxy", cmd, port, "/health", tmp, transcript)
         with run.running(server):
             pids = [
                 pid
@@ -131,6 +132,7 @@ def main() -> None:
                     "list": f"{base}?path=bench/small",
                 }[args.workload]
                 res = run.hey(
+                    transcript,
                     url,
                     "PUT" if args.workload == "put" else "GET",
                     args.seconds - 1,
@@ -141,9 +143,9 @@ def main() -> None:
                 n = 0
                 while not stop.is_set() and n < 100:
                     if args.workload == "upload":
-                        _, secs, _ = run.curl(["-T", str(big), f"{base}/bench/large.bin"])
+                        _, secs, _ = run.curl(transcript, ["-T", str(big), f"{base}/bench/large.bin"])
                     else:
-                        _, secs, _ = run.curl([f"{base}/bench/large.bin"])
+                        _, secs, _ = run.curl(transcript, [f"{base}/bench/large.bin"])
                     print(f"{args.workload}: {secs:.2f} s")
                     n += 1
                     if all(s.poll() is not None for s in spies):
@@ -152,7 +154,7 @@ def main() -> None:
                 s.wait()
         print(summarize([f for f in files if f.exists()], args.top))
     finally:
-        shutil.rmtree(run.TMP, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,36 +58,7 @@ from bench.config import (  # noqa: E402
     WEED_BIN,
     Settings,
 )
-
-PORTS: set[int] = set()
-COMMANDS: list[str] = []  # every external command, with the temp dir shown as $TMP, for the report
-TMP = Path("/nonexistent")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def show(cmd: list[str] | str) -> str:
-    text = cmd if isinstance(cmd, str) else shlex.join(str(c) for c in cmd)
-    return text.replace(str(TMP), "$TMP").replace(str(ROOT) + "/", "")
-
-
-def record(cmd: list[str] | str) -> None:
-    text = show(cmd)
-    for port in PORTS:
-        text = re.sub(rf"\b{port}\b", "$PORT", text)
-    if text not in COMMANDS:
-        COMMANDS.append(text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    PORTS.add(port)
-    return port
-
+from bench.transcript import Transcript, log  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # Servers
@@ -101,6 +71,7 @@ class Server:
     port: int
     health: str
     cwd: Path
+    transcript: Transcript  # records the command line; the log goes to its temp dir
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     logfile: Path | None = None
@@ -110,12 +81,12 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        record(
-            " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + show(self.cmd)
+        self.transcript.record(
+            " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + self.transcript.show(self.cmd)
             if self.env
             else self.cmd
         )
-        self.logfile = TMP / f"{self.name.replace(' ', '_')}.log"
+        self.logfile = self.transcript.tmp / f"{self.name.replace(' ', '_')}.log"
         out = open(self.logfile, "wb")
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
@@ -178,7 +149,7 @@ class Server:
 
 @contextlib.contextmanager
 def running(server: Server, timeout: float = 60) -> Iterator[Server]:
-    log(f"starting {server.name}: {show(server.cmd)}")
+    log(f"starting {server.name}: {server.transcript.show(server.cmd)}")
     try:
         server.start(timeout)
         yield server
@@ -282,16 +253,16 @@ def merge_rss(results: list[dict[str, Any]]) -> dict[str, Any]:
 # Workloads
 
 
-def curl(args: list[str]) -> tuple[int, float, float]:
+def curl(transcript: Transcript, args: list[str]) -> tuple[int, float, float]:
     cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload} %{size_download}", *args]
-    record(cmd)
+    transcript.record(cmd)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     parts = out.stdout.split()
     if out.returncode != 0 or len(parts) < 4:
         raise RuntimeError(f"curl failed ({out.returncode}): {out.stderr.strip()} {out.stdout.strip()}")
     code, secs, up, down = int(parts[0]), float(parts[1]), float(parts[2]), float(parts[3])
     if code >= 300:
-        raise RuntimeError(f"{show(cmd)} -> HTTP {code}")
+        raise RuntimeError(f"{transcript.show(cmd)} -> HTTP {code}")
     return code, secs, max(up, down)
 
 
@@ -313,9 +284,9 @@ def transfer(
         with RssSampler(server.proc.pid) as sampler:  # type: ignore[union-attr]
             start = time.perf_counter()
             if kind == "upload":
-                _, _, moved = curl(["-T", str(file), url])
+                _, _, moved = curl(server.transcript, ["-T", str(file), url])
             else:
-                _, _, moved = curl([url])
+                _, _, moved = curl(server.transcript, [url])
             elapsed = time.perf_counter() - start
         if int(moved) != size:
             raise RuntimeError(f"{kind} via {server.name} moved {moved} bytes, expected {size}")
@@ -330,13 +301,13 @@ def transfer(
     return {"seconds": statistics.median(times), "all": times, "rss": merge_rss(rss)}
 
 
-def hey(url: str, method: str, duration: float, body: Path | None = None) -> dict[str, Any]:
+def hey(transcript: Transcript, url: str, method: str, duration: float, body: Path | None = None) -> dict[str, Any]:
     base = ["hey", "-c", str(CONCURRENCY), "-m", method, "-T", "application/octet-stream", "-t", "30"]
     if body is not None:
         base += ["-D", str(body)]
     subprocess.run([*base, "-n", "256", url], capture_output=True, timeout=120)  # warm-up
     cmd = [*base, "-z", f"{duration:g}s", url]
-    record(cmd)
+    transcript.record(cmd)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120).stdout
     return parse_hey(out)
 
@@ -365,8 +336,10 @@ def parse_hey(out: str) -> dict[str, Any]:
     }
 
 
-def time_list(url: str, expect: int, count: Callable[[Any], int], reps: int = 5) -> dict[str, Any]:
-    record(f"curl -s '{url}'")
+def time_list(
+    transcript: Transcript, url: str, expect: int, count: Callable[[Any], int], reps: int = 5
+) -> dict[str, Any]:
+    transcript.record(f"curl -s '{url}'")
     with httpx.Client(timeout=120) as client:
         r = client.get(url)  # warm-up (dentry cache)
         r.raise_for_status()
@@ -407,8 +380,9 @@ def mb(n: float | None) -> str:
 
 
 class Bench:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, transcript: Transcript) -> None:
         self.settings = settings
+        self.transcript = transcript
         self.results: dict[str, Any] = {
             "large": {},
             "small": {},
@@ -418,7 +392,7 @@ class Bench:
             "big": {},
             "errors": [],
         }
-        self.data = TMP / "data"
+        self.data = self.transcript.tmp / "data"
         self.data.mkdir()
         self.small = self.data / "16k.bin"
         self.small.write_bytes(os.urandom(SMALL))
@@ -450,7 +424,7 @@ class Bench:
     # ---- the four HTTP servers, all reached with mlflow-artifacts URLs
 
     def proxy_server(self, root: Path, extra_env: dict[str, str] | None = None, dest: str | None = None) -> Server:
-        port = free_port()
+        port = self.transcript.free_port()
         cmd = [
             str(PROXY_BIN),
             "server",
@@ -464,11 +438,11 @@ class Bench:
         ]
         if self.settings.proxy_workers:
             cmd += ["--workers", str(self.settings.proxy_workers)]
-        return Server("artifact-proxy", cmd, port, "/health", TMP, extra_env or {})
+        return Server("artifact-proxy", cmd, port, "/health", self.transcript.tmp, self.transcript, extra_env or {})
 
     def mlflow_server(self, root: Path) -> Server:
-        port = free_port()
-        cwd = TMP / "mlflow-cwd"
+        port = self.transcript.free_port()
+        cwd = self.transcript.tmp / "mlflow-cwd"
         cwd.mkdir(exist_ok=True)
         cmd = [
             str(MLFLOW_BIN),
@@ -481,22 +455,29 @@ class Bench:
             "--port",
             str(port),
         ]
-        return Server("mlflow", cmd, port, "/health", cwd)
+        return Server("mlflow", cmd, port, "/health", cwd, self.transcript)
 
     def nginx_server(self, root: Path) -> Server:
-        port = free_port()
-        ndir = TMP / "nginx"
+        port = self.transcript.free_port()
+        ndir = self.transcript.tmp / "nginx"
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (ndir / sub).mkdir(parents=True, exist_ok=True)
         conf = (BENCH / "nginx.conf.template").read_text()
         conf = conf.replace("{{DIR}}", str(ndir)).replace("{{PORT}}", str(port)).replace("{{ROOT}}", str(root))
         (ndir / "nginx.conf").write_text(conf)
-        return Server("nginx", [NGINX_BIN, "-p", str(ndir), "-c", str(ndir / "nginx.conf")], port, "/health", ndir)
+        return Server(
+            "nginx",
+            [NGINX_BIN, "-p", str(ndir), "-c", str(ndir / "nginx.conf")],
+            port,
+            "/health",
+            ndir,
+            self.transcript,
+        )
 
     def sink_server(self, root: Path) -> Server:
-        port = free_port()
+        port = self.transcript.free_port()
         cmd = [sys.executable, str(BENCH / "sink.py"), "--port", str(port), "--dir", str(root)]
-        return Server("raw sink", cmd, port, "/health", TMP)
+        return Server("raw sink", cmd, port, "/health", self.transcript.tmp, self.transcript)
 
     def run_http(
         self,
@@ -511,7 +492,7 @@ class Bench:
         ops: tuple[str, ...] = ("PUT", "GET", "LIST"),
         idle: bool = True,
     ) -> None:
-        root = TMP / f"root-{key}"
+        root = self.transcript.tmp / f"root-{key}"
         root.mkdir()
         # nginx serves files at their URL path under its root; the others map `artifacts/<path>` to <root>/<path>.
         files = root / API.lstrip("/") if nginx_layout else root
@@ -551,7 +532,9 @@ class Bench:
                     url, count = f"{server.base}{API}/bench/list10k/", len
                 else:
                     url, count = f"{server.base}{API}?path=bench/list10k", lambda j: len(j.get("files", []))
-                self.results["list"][key] = self._guard(f"{key} list", lambda: time_list(url, LIST_N, count))
+                self.results["list"][key] = self._guard(
+                    f"{key} list", lambda: time_list(self.transcript, url, LIST_N, count)
+                )
                 if self.results["list"][key]:
                     log(f"  list {LIST_N}: {self.results['list'][key]['seconds'] * 1000:.0f} ms")
             if big:
@@ -581,9 +564,9 @@ class Bench:
         list_url = f"{server.base}{API}/bench/small/" if nginx_layout else f"{server.base}{API}?path=bench/small"
         d = self.settings.duration
         jobs = {
-            "PUT": lambda: hey(put_url, "PUT", d, self.small),
-            "GET": lambda: hey(get_url, "GET", d),
-            "LIST": lambda: hey(list_url, "GET", d),
+            "PUT": lambda: hey(self.transcript, put_url, "PUT", d, self.small),
+            "GET": lambda: hey(self.transcript, get_url, "GET", d),
+            "LIST": lambda: hey(self.transcript, list_url, "GET", d),
         }
         res = {op: self._guard(f"{key} hey {op}", jobs[op]) for op in ops}
         for op, r in res.items():
@@ -619,7 +602,7 @@ class Bench:
                 + ")"
             }
             return
-        wdir = TMP / "weed"
+        wdir = self.transcript.tmp / "weed"
         wdir.mkdir()
         (wdir / "s3.json").write_text(
             json.dumps(
@@ -639,9 +622,9 @@ class Bench:
                 }
             )
         )
-        s3_port = free_port()
+        s3_port = self.transcript.free_port()
         ports = {
-            name: free_port()
+            name: self.transcript.free_port()
             for name in (
                 "s3.port.grpc",
                 "master.port",
@@ -671,14 +654,14 @@ class Bench:
             "-bucket=bench",
             *(f"-{k}={v}" for k, v in ports.items()),
         ]
-        weed = Server("seaweedfs", cmd, s3_port, "/", wdir)
+        weed = Server("seaweedfs", cmd, s3_port, "/", wdir, self.transcript)
         env = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
         direct = [sys.executable, str(BENCH / "s3_direct.py")]
         full_env = {**os.environ, **env}
 
         def run_direct(op: str, key: str) -> dict[str, Any]:
             c = [*direct, op, str(self.one_gib), "bench", key]
-            record(c)
+            self.transcript.record(c)
             out = subprocess.run(c, env=full_env, capture_output=True, text=True, timeout=1800)
             if out.returncode != 0:
                 raise RuntimeError(f"s3_direct {op} failed: {out.stderr.strip()[-500:]}")
@@ -711,7 +694,7 @@ class Bench:
                 f"  direct aiobotocore: upload {res['direct']['upload']:.2f} s, "
                 f"download {res['direct']['download']:.2f} s"
             )
-            proxy = self.proxy_server(TMP, env, dest="s3://bench/proxy")
+            proxy = self.proxy_server(self.transcript.tmp, env, dest="s3://bench/proxy")
             with running(proxy, 60):
                 url = f"{proxy.base}{API}/bench/large.bin"
                 res["proxy"] = {
@@ -822,7 +805,7 @@ def g(d: Any, *keys: str) -> Any:
     return d
 
 
-def report(results: dict[str, Any], settings: Settings, started: float) -> str:
+def report(results: dict[str, Any], settings: Settings, commands: list[str], started: float) -> str:
     m = machine(settings.proxy_workers)
     L = results["large"]
     names = {
@@ -1066,7 +1049,7 @@ def report(results: dict[str, Any], settings: Settings, started: float) -> str:
         "(apt: nginx, hey, wrk; .venv: psutil, py-spy; `.venv-mlflow`: deploy/setup-mlflow-venv.sh).\n"
     )
     w("```")
-    out.extend(COMMANDS)
+    out.extend(commands)
     w("```\n")
     w(
         "nginx config: `bench/nginx.conf.template`; raw sink: `bench/sink.py`; direct S3 client: "
@@ -1076,7 +1059,6 @@ def report(results: dict[str, Any], settings: Settings, started: float) -> str:
 
 
 def main() -> int:
-    global TMP
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--big",
@@ -1107,9 +1089,9 @@ def main() -> int:
     if not MLFLOW_BIN.exists():
         sys.exit(f"{MLFLOW_BIN} not found: run `bash bench/setup.sh` first")
     started = time.time()
-    TMP = Path(tempfile.mkdtemp(prefix="artifact-proxy-bench-", dir=settings.tmp))
-    log(f"temp dir {TMP}")
-    bench = Bench(settings)
+    transcript = Transcript(Path(tempfile.mkdtemp(prefix="artifact-proxy-bench-", dir=settings.tmp)))
+    log(f"temp dir {transcript.tmp}")
+    bench = Bench(settings, transcript)
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1118,10 +1100,10 @@ def main() -> int:
     try:
         bench.run()
     finally:
-        shutil.rmtree(TMP, ignore_errors=True)
-        log(f"removed {TMP}")
+        shutil.rmtree(transcript.tmp, ignore_errors=True)
+        log(f"removed {transcript.tmp}")
     settings.out.parent.mkdir(parents=True, exist_ok=True)
-    settings.out.write_text(report(bench.results, settings, started))
+    settings.out.write_text(report(bench.results, settings, transcript.commands, started))
     (BENCH / "results.json").write_text(json.dumps(bench.results, indent=2, default=str))
     log(f"wrote {settings.out} and bench/results.json in {(time.time() - started) / 60:.1f} min")
     return 1 if bench.results["errors"] else 0
