@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -28,8 +27,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,116 +53,11 @@ from bench.config import (  # noqa: E402
     ROOT,
     S3_KEYS,
     SMALL,
-    WEED_BIN,
     Settings,
 )
+from bench.procs import Server, running  # noqa: E402
+from bench.servers import mlflow_server, nginx_server, proxy_server, seaweedfs, sink_server  # noqa: E402
 from bench.transcript import Transcript, log  # noqa: E402
-
-# --------------------------------------------------------------------------------------------------------------
-# Servers
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    port: int
-    health: str
-    cwd: Path
-    transcript: Transcript  # records the command line; the log goes to its temp dir
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    logfile: Path | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60) -> None:
-        self.transcript.record(
-            " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + self.transcript.show(self.cmd)
-            if self.env
-            else self.cmd
-        )
-        self.logfile = self.transcript.tmp / f"{self.name.replace(' ', '_')}.log"
-        out = open(self.logfile, "wb")
-        env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=self.cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base + self.health, timeout=2).status_code < 500:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        if self.logfile and self.logfile.exists():
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
-        return ""
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the group this script created for it
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        _, alive = psutil.wait_procs([p for p in tree if p.is_running()], timeout=5)
-        for p in alive:  # a child that left the group: stop it by its pid
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        self.proc = None
-
-    def tree(self) -> list[psutil.Process]:
-        assert self.proc is not None
-        root = psutil.Process(self.proc.pid)
-        return [root, *root.children(recursive=True)]
-
-    def worker_pids(self) -> list[int]:
-        """Processes that serve requests: the leaves of the tree (uvicorn workers, nginx workers)."""
-        procs = self.tree()
-        leaves = [p.pid for p in procs if not p.children()]
-        return leaves or [procs[0].pid]
-
-
-@contextlib.contextmanager
-def running(server: Server, timeout: float = 60) -> Iterator[Server]:
-    log(f"starting {server.name}: {server.transcript.show(server.cmd)}")
-    try:
-        server.start(timeout)
-        yield server
-    except Exception as exc:
-        if getattr(exc, "annotated", False):  # an inner server already explained it
-            raise
-        tail = server.tail()
-        log(f"{server.name} log tail:\n{tail}")
-        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
-        err = RuntimeError(f"{str(exc).splitlines()[0] if str(exc) else repr(exc)} [{server.name} log: {last}]")
-        err.annotated = True  # type: ignore[attr-defined]
-        raise err from exc
-    finally:
-        server.stop()
-        log(f"stopped {server.name}")
 
 
 def label(p: psutil.Process) -> str:
@@ -423,62 +316,6 @@ class Bench:
 
     # ---- the four HTTP servers, all reached with mlflow-artifacts URLs
 
-    def proxy_server(self, root: Path, extra_env: dict[str, str] | None = None, dest: str | None = None) -> Server:
-        port = self.transcript.free_port()
-        cmd = [
-            str(PROXY_BIN),
-            "server",
-            "--artifacts-destination",
-            dest or str(root),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ]
-        if self.settings.proxy_workers:
-            cmd += ["--workers", str(self.settings.proxy_workers)]
-        return Server("artifact-proxy", cmd, port, "/health", self.transcript.tmp, self.transcript, extra_env or {})
-
-    def mlflow_server(self, root: Path) -> Server:
-        port = self.transcript.free_port()
-        cwd = self.transcript.tmp / "mlflow-cwd"
-        cwd.mkdir(exist_ok=True)
-        cmd = [
-            str(MLFLOW_BIN),
-            "server",
-            "--artifacts-only",
-            "--artifacts-destination",
-            str(root),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        return Server("mlflow", cmd, port, "/health", cwd, self.transcript)
-
-    def nginx_server(self, root: Path) -> Server:
-        port = self.transcript.free_port()
-        ndir = self.transcript.tmp / "nginx"
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (ndir / sub).mkdir(parents=True, exist_ok=True)
-        conf = (BENCH / "nginx.conf.template").read_text()
-        conf = conf.replace("{{DIR}}", str(ndir)).replace("{{PORT}}", str(port)).replace("{{ROOT}}", str(root))
-        (ndir / "nginx.conf").write_text(conf)
-        return Server(
-            "nginx",
-            [NGINX_BIN, "-p", str(ndir), "-c", str(ndir / "nginx.conf")],
-            port,
-            "/health",
-            ndir,
-            self.transcript,
-        )
-
-    def sink_server(self, root: Path) -> Server:
-        port = self.transcript.free_port()
-        cmd = [sys.executable, str(BENCH / "sink.py"), "--port", str(port), "--dir", str(root)]
-        return Server("raw sink", cmd, port, "/health", self.transcript.tmp, self.transcript)
-
     def run_http(
         self,
         key: str,
@@ -602,60 +439,8 @@ class Bench:
                 + ")"
             }
             return
-        wdir = self.transcript.tmp / "weed"
-        wdir.mkdir()
-        (wdir / "s3.json").write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "admin",
-                            "credentials": [
-                                {
-                                    "accessKey": S3_KEYS["AWS_ACCESS_KEY_ID"],
-                                    "secretKey": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-                                }
-                            ],
-                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                        }
-                    ]
-                }
-            )
-        )
-        s3_port = self.transcript.free_port()
-        ports = {
-            name: self.transcript.free_port()
-            for name in (
-                "s3.port.grpc",
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "admin.port",
-                "admin.port.grpc",
-                "debug.port",
-                "s3.debug.port",
-            )
-        }
-        cmd = [
-            str(WEED_BIN),
-            "mini",
-            f"-dir={wdir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-s3.port={s3_port}",
-            f"-s3.config={wdir / 's3.json'}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-bucket=bench",
-            *(f"-{k}={v}" for k, v in ports.items()),
-        ]
-        weed = Server("seaweedfs", cmd, s3_port, "/", wdir, self.transcript)
-        env = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
+        weed = seaweedfs(self.transcript)
+        env = {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{weed.port}"}
         direct = [sys.executable, str(BENCH / "s3_direct.py")]
         full_env = {**os.environ, **env}
 
@@ -694,7 +479,7 @@ class Bench:
                 f"  direct aiobotocore: upload {res['direct']['upload']:.2f} s, "
                 f"download {res['direct']['download']:.2f} s"
             )
-            proxy = self.proxy_server(self.transcript.tmp, env, dest="s3://bench/proxy")
+            proxy = proxy_server(self.transcript, "s3://bench/proxy", self.settings.proxy_workers, env)
             with running(proxy, 60):
                 url = f"{proxy.base}{API}/bench/large.bin"
                 res["proxy"] = {
@@ -710,20 +495,33 @@ class Bench:
         self.make_data()
         if "sink" in only:
             self.section(
-                "raw sink", lambda: self.run_http("sink", self.sink_server, small=False, listing=False, download=False)
+                "raw sink",
+                lambda: self.run_http(
+                    "sink", lambda root: sink_server(self.transcript, root), small=False, listing=False, download=False
+                ),
             )
         if "nginx" in only:
             self.section(
                 "nginx",
                 lambda: self.run_http(
-                    "nginx", self.nginx_server, small=True, listing=True, download=True, nginx_layout=True
+                    "nginx",
+                    lambda root: nginx_server(self.transcript, root),
+                    small=True,
+                    listing=True,
+                    download=True,
+                    nginx_layout=True,
                 ),
             )
         if "proxy" in only:
             self.section(
                 "artifact-proxy",
                 lambda: self.run_http(
-                    "proxy", self.proxy_server, small=True, listing=True, download=True, big=self.settings.big
+                    "proxy",
+                    lambda root: proxy_server(self.transcript, root, self.settings.proxy_workers),
+                    small=True,
+                    listing=True,
+                    download=True,
+                    big=self.settings.big,
                 ),
             )
         self.four_gib.unlink(missing_ok=True)
@@ -733,7 +531,7 @@ class Bench:
                 "artifact-proxy, fsync off (diagnostic)",
                 lambda: self.run_http(
                     "proxy-nofsync",
-                    lambda root: self.proxy_server(root, env),
+                    lambda root: proxy_server(self.transcript, root, self.settings.proxy_workers, env),
                     small=True,
                     listing=False,
                     download=False,
@@ -743,7 +541,10 @@ class Bench:
             )
         if "mlflow" in only:
             self.section(
-                "mlflow", lambda: self.run_http("mlflow", self.mlflow_server, small=True, listing=True, download=True)
+                "mlflow",
+                lambda: self.run_http(
+                    "mlflow", lambda root: mlflow_server(self.transcript, root), small=True, listing=True, download=True
+                ),
             )
         if "s3" in only:
             self.section("s3", self.run_s3)
