@@ -40,6 +40,12 @@ class Server:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The root of its process tree, which the RSS sampler walks."""
+        assert self.proc is not None, f"{self.name} is not running"
+        return self.proc.pid
+
     def start(self, timeout: float = 60) -> None:
         self.transcript.record(
             " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + self.transcript.show(self.cmd)

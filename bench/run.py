@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -56,91 +55,9 @@ from bench.config import (  # noqa: E402
     Settings,
 )
 from bench.procs import Server, running  # noqa: E402
+from bench.rss import RssSampler, idle_rss, merge_rss  # noqa: E402
 from bench.servers import mlflow_server, nginx_server, proxy_server, seaweedfs, sink_server  # noqa: E402
 from bench.transcript import Transcript, log  # noqa: E402
-
-
-def label(p: psutil.Process) -> str:
-    try:
-        cmd = p.cmdline()
-        name = p.name()
-    except psutil.Error:
-        return "?"
-    text = " ".join(cmd)
-    if "nginx" in name:
-        return "nginx " + ("master" if "master" in text else "worker")
-    if "resource_tracker" in text:
-        return "resource tracker"
-    if "multiprocessing" in text or "spawn_main" in text:
-        return "worker"
-    if "huey" in text or "job" in text.lower():
-        return "job runner"
-    return "main" if cmd else name
-
-
-class RssSampler:
-    """Samples the RSS of a process tree every `interval` seconds; keeps the max per process and for the tree."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.per: dict[int, int] = {}
-        self.labels: dict[int, str] = {}
-        self.tree_max = 0
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._procs: dict[int, psutil.Process] = {}
-
-    def _sample(self) -> None:
-        total = 0
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        for p in procs:
-            proc = self._procs.setdefault(p.pid, p)
-            try:
-                rss = proc.memory_info().rss
-            except psutil.Error:
-                continue
-            if p.pid not in self.labels:
-                self.labels[p.pid] = label(proc)
-            self.per[p.pid] = max(self.per.get(p.pid, 0), rss)
-            total += rss
-        self.tree_max = max(self.tree_max, total)
-        self.samples.append(total)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def result(self) -> dict[str, Any]:
-        top = max(self.per, key=lambda k: self.per[k]) if self.per else None
-        return {
-            "tree_max": self.tree_max,
-            "proc_max": self.per.get(top, 0) if top else 0,
-            "proc_max_label": self.labels.get(top, "") if top else "",
-            "per": {f"{self.labels[k]} {k}": v for k, v in sorted(self.per.items())},
-            "nprocs": len(self.per),
-        }
-
-
-def merge_rss(results: list[dict[str, Any]]) -> dict[str, Any]:
-    best = max(results, key=lambda r: r["proc_max"])
-    return {**best, "tree_max": max(r["tree_max"] for r in results)}
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Workloads
@@ -174,7 +91,7 @@ def transfer(
     for i in range(reps):
         os.sync()  # start each run with no dirty pages from the previous one
         time.sleep(0.5)
-        with RssSampler(server.proc.pid) as sampler:  # type: ignore[union-attr]
+        with RssSampler(server.pid) as sampler:
             start = time.perf_counter()
             if kind == "upload":
                 _, _, moved = curl(server.transcript, ["-T", str(file), url])
@@ -247,15 +164,6 @@ def time_list(
             r.json()
             times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "all": times, "entries": got}
-
-
-def idle_rss(server: Server, settle: float = 3.0, window: float = 2.0) -> dict[str, Any]:
-    time.sleep(settle)
-    with RssSampler(server.proc.pid, interval=0.1) as sampler:  # type: ignore[union-attr]
-        time.sleep(window)
-    res = sampler.result()
-    res["tree"] = int(statistics.median(sampler.samples))
-    return res
 
 
 def make_list_dir(directory: Path) -> None:
@@ -337,7 +245,7 @@ class Bench:
         timeout = 120 if key == "mlflow" else 60
         with running(server, timeout):
             if idle:
-                self.results["idle"][key] = idle_rss(server, settle=8.0 if key == "mlflow" else 3.0)
+                self.results["idle"][key] = idle_rss(server.pid, settle=8.0 if key == "mlflow" else 3.0)
                 log(
                     f"  idle tree RSS {mb(self.results['idle'][key]['tree'])} MB "
                     f"({self.results['idle'][key]['nprocs']} processes)"
