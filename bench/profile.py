@@ -20,8 +20,17 @@ import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402
+import psutil
+
+if __package__ in (None, ""):
+    # `python bench/profile.py` puts bench/ on sys.path, not the repo: add the repo for the `bench` package.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.config import API, BENCH, SMALL  # noqa: E402
+from bench.load import curl, hey  # noqa: E402
+from bench.procs import running  # noqa: E402
+from bench.servers import proxy_server  # noqa: E402
+from bench.transcript import Transcript  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -61,15 +70,15 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--top", type=int, default=20)
     args = p.parse_args()
-    transcript = run.Transcript(Path(tempfile.mkdtemp(prefix="artifact-proxy-profile-")))
+    transcript = Transcript(Path(tempfile.mkdtemp(prefix="artifact-proxy-profile-")))
     tmp = transcript.tmp
-    outdir = run.BENCH / "profiles"
+    outdir = BENCH / "profiles"
     outdir.mkdir(exist_ok=True)
     try:
         root = tmp / "root"
         (root / "bench/small").mkdir(parents=True)
         small = tmp / "16k.bin"
-        small.write_bytes(os.urandom(run.SMALL))
+        small.write_bytes(os.urandom(SMALL))
         for i in range(10):
             (root / f"bench/small/f{i}.bin").write_bytes(small.read_bytes())
         big = tmp / "1g.bin"
@@ -79,26 +88,10 @@ def main() -> None:
                     f.write(os.urandom(64 * 1024 * 1024))
             if args.workload == "download":
                 shutil.copy(big, root / "bench/large.bin")
-        port = transcript.free_port()
-        cmd = [
-            str(run.PROXY_BIN),
-            "server",
-            "--artifacts-destination",
-            str(root),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ]
-        if args.workers:
-            cmd += ["--workers", str(args.workers)]
-        server = run.Server("artifact-proxy", cmd, port, "/health", tmp, transcript)
-        with run.running(server):
+        server = proxy_server(transcript, root, args.workers)
+        with running(server):
             pids = [
-                pid
-                for pid in server.worker_pids()
-                if "resource_tracker" not in " ".join(run.psutil.Process(pid).cmdline())
+                pid for pid in server.worker_pids() if "resource_tracker" not in " ".join(psutil.Process(pid).cmdline())
             ]
             files = [outdir / f"{args.workload}-{pid}.txt" for pid in pids]
             spies = [
@@ -123,7 +116,7 @@ def main() -> None:
                 )
                 for pid, f in zip(pids, files, strict=True)
             ]
-            base = f"{server.base}{run.API}"
+            base = f"{server.base}{API}"
             stop = threading.Event()
             if args.workload in ("put", "get", "list"):
                 url = {
@@ -131,7 +124,7 @@ def main() -> None:
                     "get": f"{base}/bench/small/f0.bin",
                     "list": f"{base}?path=bench/small",
                 }[args.workload]
-                res = run.hey(
+                res = hey(
                     transcript,
                     url,
                     "PUT" if args.workload == "put" else "GET",
@@ -143,9 +136,9 @@ def main() -> None:
                 n = 0
                 while not stop.is_set() and n < 100:
                     if args.workload == "upload":
-                        _, secs, _ = run.curl(transcript, ["-T", str(big), f"{base}/bench/large.bin"])
+                        _, secs, _ = curl(transcript, ["-T", str(big), f"{base}/bench/large.bin"])
                     else:
-                        _, secs, _ = run.curl(transcript, [f"{base}/bench/large.bin"])
+                        _, secs, _ = curl(transcript, [f"{base}/bench/large.bin"])
                     print(f"{args.workload}: {secs:.2f} s")
                     n += 1
                     if all(s.poll() is not None for s in spies):

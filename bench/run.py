@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -30,7 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 if __package__ in (None, ""):
@@ -51,130 +49,15 @@ from bench.config import (  # noqa: E402
     PROXY_BIN,
     ROOT,
     S3_KEYS,
-    SMALL,
     Settings,
 )
+from bench.data import Payloads, make_list_dir  # noqa: E402
+from bench.load import hey, time_list, transfer  # noqa: E402
 from bench.procs import Server, running  # noqa: E402
-from bench.rss import RssSampler, idle_rss, merge_rss  # noqa: E402
+from bench.results import Results, mb, new_results  # noqa: E402
+from bench.rss import idle_rss  # noqa: E402
 from bench.servers import mlflow_server, nginx_server, proxy_server, seaweedfs, sink_server  # noqa: E402
 from bench.transcript import Transcript, log  # noqa: E402
-
-# --------------------------------------------------------------------------------------------------------------
-# Workloads
-
-
-def curl(transcript: Transcript, args: list[str]) -> tuple[int, float, float]:
-    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload} %{size_download}", *args]
-    transcript.record(cmd)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    parts = out.stdout.split()
-    if out.returncode != 0 or len(parts) < 4:
-        raise RuntimeError(f"curl failed ({out.returncode}): {out.stderr.strip()} {out.stdout.strip()}")
-    code, secs, up, down = int(parts[0]), float(parts[1]), float(parts[2]), float(parts[3])
-    if code >= 300:
-        raise RuntimeError(f"{transcript.show(cmd)} -> HTTP {code}")
-    return code, secs, max(up, down)
-
-
-def transfer(
-    server: Server,
-    kind: str,
-    url: str,
-    file: Path | None,
-    size: int,
-    reps: int,
-    check: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """`reps` timed uploads (curl -T) or downloads (curl -o /dev/null), RSS of the server tree sampled throughout."""
-    times: list[float] = []
-    rss: list[dict[str, Any]] = []
-    for i in range(reps):
-        os.sync()  # start each run with no dirty pages from the previous one
-        time.sleep(0.5)
-        with RssSampler(server.pid) as sampler:
-            start = time.perf_counter()
-            if kind == "upload":
-                _, _, moved = curl(server.transcript, ["-T", str(file), url])
-            else:
-                _, _, moved = curl(server.transcript, [url])
-            elapsed = time.perf_counter() - start
-        if int(moved) != size:
-            raise RuntimeError(f"{kind} via {server.name} moved {moved} bytes, expected {size}")
-        if check:
-            check()
-        times.append(elapsed)
-        rss.append(sampler.result())
-        log(
-            f"  {server.name} {kind} {size / GIB:g} GiB run {i + 1}: {elapsed:.2f} s, "
-            f"peak proc {mb(sampler.result()['proc_max'])} MB, tree {mb(sampler.result()['tree_max'])} MB"
-        )
-    return {"seconds": statistics.median(times), "all": times, "rss": merge_rss(rss)}
-
-
-def hey(transcript: Transcript, url: str, method: str, duration: float, body: Path | None = None) -> dict[str, Any]:
-    base = ["hey", "-c", str(CONCURRENCY), "-m", method, "-T", "application/octet-stream", "-t", "30"]
-    if body is not None:
-        base += ["-D", str(body)]
-    subprocess.run([*base, "-n", "256", url], capture_output=True, timeout=120)  # warm-up
-    cmd = [*base, "-z", f"{duration:g}s", url]
-    transcript.record(cmd)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120).stdout
-    return parse_hey(out)
-
-
-def parse_hey(out: str) -> dict[str, Any]:
-    def grab(pattern: str) -> float | None:
-        m = re.search(pattern, out)
-        return float(m.group(1)) if m else None
-
-    ok = errors = 0
-    for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out):
-        if 200 <= int(code) < 300:
-            ok += int(count)
-        else:
-            errors += int(count)
-    if "Error distribution:" in out:
-        for count in re.findall(r"^\s+\[(\d+)\]\s+\D", out.split("Error distribution:", 1)[1], re.M):
-            errors += int(count)
-    p50, p99 = grab(r"50%+ in ([\d.]+) secs"), grab(r"99%+ in ([\d.]+) secs")
-    return {
-        "rps": grab(r"Requests/sec:\s+([\d.]+)"),
-        "p50_ms": p50 * 1000 if p50 is not None else None,
-        "p99_ms": p99 * 1000 if p99 is not None else None,
-        "ok": ok,
-        "errors": errors,
-    }
-
-
-def time_list(
-    transcript: Transcript, url: str, expect: int, count: Callable[[Any], int], reps: int = 5
-) -> dict[str, Any]:
-    transcript.record(f"curl -s '{url}'")
-    with httpx.Client(timeout=120) as client:
-        r = client.get(url)  # warm-up (dentry cache)
-        r.raise_for_status()
-        got = count(r.json())
-        if got != expect:
-            raise RuntimeError(f"listing {url} returned {got} entries, expected {expect}")
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            r = client.get(url)
-            r.raise_for_status()
-            r.json()
-            times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "all": times, "entries": got}
-
-
-def make_list_dir(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for i in range(LIST_N):
-        (directory / f"file-{i:05d}.txt").write_bytes(b"x" * 100)
-
-
-def mb(n: float | None) -> str:
-    return "n/a" if n is None else f"{n / 1e6:.0f}"
-
 
 # --------------------------------------------------------------------------------------------------------------
 # The run
@@ -184,34 +67,8 @@ class Bench:
     def __init__(self, settings: Settings, transcript: Transcript) -> None:
         self.settings = settings
         self.transcript = transcript
-        self.results: dict[str, Any] = {
-            "large": {},
-            "small": {},
-            "list": {},
-            "idle": {},
-            "s3": {},
-            "big": {},
-            "errors": [],
-        }
-        self.data = self.transcript.tmp / "data"
-        self.data.mkdir()
-        self.small = self.data / "16k.bin"
-        self.small.write_bytes(os.urandom(SMALL))
-        self.one_gib = self.data / "1g.bin"
-        self.four_gib = self.data / "4g.bin"
-
-    def make_data(self) -> None:
-        log("writing 1 GiB of random data")
-        with open(self.one_gib, "wb") as f:
-            for _ in range(16):
-                f.write(os.urandom(64 * 1024 * 1024))
-        if self.settings.big:
-            log("writing 4 GiB test file (the 1 GiB file four times)")
-            with open(self.one_gib, "rb") as src, open(self.four_gib, "wb") as dst:
-                for _ in range(4):
-                    src.seek(0)
-                    shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
-        os.sync()
+        self.results: Results = new_results()
+        self.files = Payloads.create(transcript.tmp)
 
     def section(self, name: str, fn: Callable[[], None]) -> None:
         log(f"== {name}")
@@ -259,7 +116,7 @@ class Bench:
             large: dict[str, Any] = {}
             large["upload"] = self._guard(
                 f"{key} upload",
-                lambda: transfer(server, "upload", url, self.one_gib, GIB, self.settings.reps, check_size),
+                lambda: transfer(server, "upload", url, self.files.one_gib, GIB, self.settings.reps, check_size),
             )
             if download:
                 large["download"] = self._guard(
@@ -303,13 +160,13 @@ class Bench:
         listdir = files / "bench/small"
         listdir.mkdir(parents=True, exist_ok=True)
         for i in range(10):
-            (listdir / f"f{i}.bin").write_bytes(self.small.read_bytes())
+            (listdir / f"f{i}.bin").write_bytes(self.files.small.read_bytes())
         get_url = f"{server.base}{API}/bench/small/f0.bin"
         put_url = f"{server.base}{API}/bench/small/put.bin"
         list_url = f"{server.base}{API}/bench/small/" if nginx_layout else f"{server.base}{API}?path=bench/small"
         d = self.settings.duration
         jobs = {
-            "PUT": lambda: hey(self.transcript, put_url, "PUT", d, self.small),
+            "PUT": lambda: hey(self.transcript, put_url, "PUT", d, self.files.small),
             "GET": lambda: hey(self.transcript, get_url, "GET", d),
             "LIST": lambda: hey(self.transcript, list_url, "GET", d),
         }
@@ -326,7 +183,7 @@ class Bench:
         url = f"{server.base}{API}/bench/big.bin"
         size = 4 * GIB
         self.results["big"]["upload"] = self._guard(
-            "4 GiB upload", lambda: transfer(server, "upload", url, self.four_gib, size, 1)
+            "4 GiB upload", lambda: transfer(server, "upload", url, self.files.four_gib, size, 1)
         )
         self.results["big"]["download"] = self._guard(
             "4 GiB download", lambda: transfer(server, "download", url, None, size, 1)
@@ -353,7 +210,7 @@ class Bench:
         full_env = {**os.environ, **env}
 
         def run_direct(op: str, key: str) -> dict[str, Any]:
-            c = [*direct, op, str(self.one_gib), "bench", key]
+            c = [*direct, op, str(self.files.one_gib), "bench", key]
             self.transcript.record(c)
             out = subprocess.run(c, env=full_env, capture_output=True, text=True, timeout=1800)
             if out.returncode != 0:
@@ -391,7 +248,7 @@ class Bench:
             with running(proxy, 60):
                 url = f"{proxy.base}{API}/bench/large.bin"
                 res["proxy"] = {
-                    "upload": transfer(proxy, "upload", url, self.one_gib, GIB, reps),
+                    "upload": transfer(proxy, "upload", url, self.files.one_gib, GIB, reps),
                     "download": transfer(proxy, "download", url, None, GIB, reps),
                 }
             self.results["s3"] = res
@@ -400,7 +257,7 @@ class Bench:
 
     def run(self) -> None:
         only = set(self.settings.only)
-        self.make_data()
+        self.files.write_large(self.settings.big)
         if "sink" in only:
             self.section(
                 "raw sink",
@@ -432,7 +289,7 @@ class Bench:
                     big=self.settings.big,
                 ),
             )
-        self.four_gib.unlink(missing_ok=True)
+        self.files.four_gib.unlink(missing_ok=True)
         if "proxy" in only and self.settings.fsync_variant:
             env = {"ARTIFACT_PROXY_FSYNC_UPLOADS": "false"}
             self.section(

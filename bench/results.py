@@ -1,0 +1,25 @@
+"""The run's figures: their shape (also bench/results.json's), and how one figure prints in the report and the log."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+# One entry per section; within each, server key -> what its workloads returned (None for a workload that failed).
+# Functional form: "list" is one of the keys.
+class Results(TypedDict):
+    large: dict[str, Any]
+    small: dict[str, Any]
+    list: dict[str, Any]
+    idle: dict[str, Any]
+    s3: dict[str, Any]
+    big: dict[str, Any]
+    errors: list[str]
+
+
+def new_results() -> Results:
+    return {"large": {}, "small": {}, "list": {}, "idle": {}, "s3": {}, "big": {}, "errors": []}
+
+
+def mb(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.0f}"
