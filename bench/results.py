@@ -23,3 +23,20 @@ def new_results() -> Results:
 
 def mb(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 1e6:.0f}"
+
+
+def fmt_s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if not a or not b else f"{a / b:.2f}x"  # a zero is a failed measurement, not an infinite ratio
+
+
+def dig(d: Any, *keys: str) -> Any:
+    """d[k1][k2]..., or None as soon as a level is missing or None: a failed workload leaves a hole, not an error."""
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
