@@ -70,6 +70,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
             with contextlib.suppress(httpx.HTTPError):
+                # Up once it answers below 500: a 4xx (S3 refusing an anonymous GET on "/", say) still means it listens.
                 if httpx.get(self.base + self.health, timeout=2).status_code < 500:
                     return
             time.sleep(0.2)
@@ -106,7 +107,7 @@ class Server:
         root = psutil.Process(self.proc.pid)
         return [root, *root.children(recursive=True)]
 
-    def worker_pids(self) -> list[int]:
+    def worker_pids(self) -> list[int]:  # bench/profile.py attaches py-spy to these
         """Processes that serve requests: the leaves of the tree (uvicorn workers, nginx workers)."""
         procs = self.tree()
         leaves = [p.pid for p in procs if not p.children()]
