@@ -43,7 +43,7 @@ async def serve_download(request: Request, path: ArtifactPath) -> Response:
     if request.method == "HEAD":
         status, headers, _ = plan_download(request.headers, path, await store_of(request).head(path))
         if status == 416:
-            return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
+            return _range_not_satisfiable(headers)
         response = Response(status_code=status, headers=headers)
         response.body = b""  # the headers of the GET, Content-Length included, and no body
         return response
@@ -55,8 +55,12 @@ async def serve_download(request: Request, path: ArtifactPath) -> Response:
         raise
     if status == 416:
         await handle.aclose()
-        return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
+        return _range_not_satisfiable(headers)
     return ReadHandleResponse(handle, byte_range, status, headers)
+
+
+def _range_not_satisfiable(headers: dict[str, str]) -> Response:
+    return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
 
 
 async def upload(request: Request) -> Response:
