@@ -54,10 +54,12 @@ def list_json(infos: list[FileInfo]) -> dict[str, object]:
     return {"files": [file_info_json(info) for info in infos]} if infos else {}
 
 
-def created_upload_json(created: CreatedMultipartUpload) -> dict[str, object]:
+def created_upload_json(created: CreatedMultipartUpload, url_base: str) -> dict[str, object]:
+    """`url_base` prefixes each part URL: a self-signing store's are relative to the service's API root."""
     body: dict[str, object] = {
         "credentials": [
-            {"url": cred.url, "part_number": cred.part_number, "headers": cred.headers} for cred in created.credentials
+            {"url": url_base + cred.url, "part_number": cred.part_number, "headers": cred.headers}
+            for cred in created.credentials
         ]
     }
     if created.upload_id is not None:

@@ -1,8 +1,11 @@
-"""The one settings model: CLI flags > environment > defaults.
+"""Every setting of the service, in one tree: `Settings` is the trunk, with a branch per backend (`settings.s3`,
+`settings.gcs`, `settings.azure`, `settings.sftp`, `settings.ftp`, in `app/store_settings.py`). Precedence: CLI flags >
+environment > defaults.
 
-The CLI exports flags into the environment (`ARTIFACT_PROXY_*`) before uvicorn starts, so every worker process builds
-the same `Settings()` from its environment. MLflow's own variable names are accepted where MLflow users already set
-them (`MLFLOW_ARTIFACTS_DESTINATION`, `MLFLOW_STATIC_PREFIX`, ...).
+The CLI exports flags into the environment before uvicorn starts, so every worker process builds the same
+`Settings()` from its environment. Each setting is read from its first name; the others are aliases, mostly the
+variables MLflow users already set (`MLFLOW_ARTIFACTS_DESTINATION`, `MLFLOW_S3_ENDPOINT_URL`, ...). The README's
+settings reference is generated from these fields (`artifact-proxy settings --markdown`) and checked by a test.
 """
 
 from __future__ import annotations
@@ -12,83 +15,180 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.store_settings import (
+    AzureSettings,
+    Branch,
+    Bytes,
+    FTPSettings,
+    GCSSettings,
+    MiB,
+    S3Settings,
+    SFTPSettings,
+    ours,
+)
+
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev"}
 
 
-def _env(name: str, *mlflow_names: str) -> AliasChoices:
-    return AliasChoices(f"ARTIFACT_PROXY_{name.upper()}", *mlflow_names)
+class Settings(Branch):
+    """The service. Sizes take a number of bytes or a unit: `5GiB`, `512MB`."""
 
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+    # Every field names its variables; the prefix only keeps the branches from reading `S3`, `FTP`, ... as JSON.
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True, env_prefix="_")
 
     artifacts_destination: str = Field(
-        "./mlartifacts", validation_alias=_env("artifacts_destination", "MLFLOW_ARTIFACTS_DESTINATION")
+        "./mlartifacts",
+        validation_alias=ours("artifacts_destination", "MLFLOW_ARTIFACTS_DESTINATION"),
+        description="Local path, file://, s3://, gs://, wasbs://, sftp:// or ftp:// URI",
     )
-    host: str = Field("127.0.0.1", validation_alias=_env("host", "MLFLOW_HOST"))
-    port: int = Field(5000, validation_alias=_env("port", "MLFLOW_PORT"))
-    workers: int | None = Field(None, validation_alias=_env("workers", "MLFLOW_WORKERS"))
-    static_prefix: str = Field("", validation_alias=_env("static_prefix", "MLFLOW_STATIC_PREFIX"))
-    log_level: str = Field("info", validation_alias=_env("log_level"))
-    access_log: bool = Field(True, validation_alias=_env("access_log"))
-    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("log_format"))
-    metrics: bool = Field(True, validation_alias=_env("metrics"))
-    shutdown_grace: int = Field(30, ge=0, validation_alias=_env("shutdown_grace"))
-    keepalive_timeout: int = Field(5, ge=1, validation_alias=_env("keepalive_timeout"))
-    # The request head (app/http_limits.py): 431 past this size (URL and header lines) or field count, and it must
-    # be complete this many seconds after the connection opens or the next request's first byte (408, or a close).
-    max_header_bytes: int = Field(64 * 1024, ge=1024, validation_alias=_env("max_header_bytes"))
-    max_header_fields: int = Field(100, ge=1, validation_alias=_env("max_header_fields"))
-    header_timeout: float = Field(10.0, gt=0, validation_alias=_env("header_timeout"))
-    development: bool = Field(False, validation_alias=_env("development"))
+    host: str = Field("127.0.0.1", validation_alias=ours("host", "MLFLOW_HOST"), description="Interface to bind")
+    port: int = Field(5000, validation_alias=ours("port", "MLFLOW_PORT"), description="Port to listen on")
+    workers: int | None = Field(
+        None, ge=1, validation_alias=ours("workers", "MLFLOW_WORKERS"), description="Processes; default CPUs, max 4"
+    )
+    static_prefix: str = Field(
+        "", validation_alias=ours("static_prefix", "MLFLOW_STATIC_PREFIX"), description="Path prefix of every route"
+    )
+    log_level: str = Field("info", validation_alias=ours("log_level"), description="debug, info, warning, error")
+    access_log: bool = Field(True, validation_alias=ours("access_log"), description="A log line per request")
+    log_format: Literal["text", "json"] = Field("text", validation_alias=ours("log_format"), description="text, json")
+    metrics: bool = Field(True, validation_alias=ours("metrics"), description="Serve Prometheus `/metrics`")
+    metrics_dir: str | None = Field(
+        None,
+        validation_alias=ours("metrics_dir", "MLFLOW_EXPOSE_PROMETHEUS", "PROMETHEUS_MULTIPROC_DIR"),
+        description="Where workers share metric samples; default a fresh temporary directory",
+    )
+    shutdown_grace: int = Field(
+        30, ge=0, validation_alias=ours("shutdown_grace"), description="Seconds in-flight transfers get on stop"
+    )
+    keepalive_timeout: int = Field(
+        5, ge=1, validation_alias=ours("keepalive_timeout"), description="Idle seconds before a kept-alive close"
+    )
+    max_header_bytes: Bytes = Field(
+        64 * 1024, ge=1024, validation_alias=ours("max_header_bytes"), description="Request head size, then 431"
+    )
+    max_header_fields: int = Field(
+        100, ge=1, validation_alias=ours("max_header_fields"), description="Header fields, then 431"
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=ours("header_timeout"),
+        description="Seconds for a request head to arrive, from the connection or its first byte (408)",
+    )
+    development: bool = Field(
+        False, validation_alias=ours("development"), description="Allow a short or placeholder signing secret"
+    )
 
-    # Access control and audit (app/auth.py documents the config file).
-    auth_config: str | None = Field(None, validation_alias=_env("auth_config"))
-    audit_log: str | None = Field(None, validation_alias=_env("audit_log"))  # a file path, or "-" for stdout
-    forbid_overwrite: bool = Field(False, validation_alias=_env("forbid_overwrite"))
-    # Wrong passwords a client address may send before each further attempt waits (1 s, doubling, at most 5 min).
-    login_failures: int = Field(5, ge=1, validation_alias=_env("login_failures"))
-
-    # Our reverse proxies (addresses or CIDRs, comma-separated): only from these are X-Forwarded-For/-Proto and the
-    # auth config's identity headers believed. uvicorn's FORWARDED_ALLOW_IPS is accepted as the same setting.
-    trusted_proxies: str | None = Field(None, validation_alias=_env("trusted_proxies", "FORWARDED_ALLOW_IPS"))
-
-    # Host allow-list and browser cross-origin policy, under MLflow's variable names (comma-separated).
-    allowed_hosts: str | None = Field(None, validation_alias=_env("allowed_hosts", "MLFLOW_SERVER_ALLOWED_HOSTS"))
+    auth_config: str | None = Field(
+        None, validation_alias=ours("auth_config"), description="TOML of users, tokens, rules: turns auth on"
+    )
+    audit_log: str | None = Field(
+        None, validation_alias=ours("audit_log"), description="A JSON line per operation to this file (`-`: stdout)"
+    )
+    forbid_overwrite: bool = Field(
+        False, validation_alias=ours("forbid_overwrite"), description="Every write is create-only (409)"
+    )
+    login_failures: int = Field(
+        5,
+        ge=1,
+        validation_alias=ours("login_failures"),
+        description="Wrong passwords per client address before each attempt waits (1 s doubling to 5 min, 429)",
+    )
+    trusted_proxies: str | None = Field(
+        None,
+        validation_alias=ours("trusted_proxies", "FORWARDED_ALLOW_IPS"),
+        description="Reverse proxies (CIDRs): only theirs are X-Forwarded-* and identity headers believed",
+    )
+    allowed_hosts: str | None = Field(
+        None,
+        validation_alias=ours("allowed_hosts", "MLFLOW_SERVER_ALLOWED_HOSTS"),
+        description="Host names served; default loopback names on a loopback bind, else any",
+    )
     cors_allowed_origins: str | None = Field(
-        None, validation_alias=_env("cors_allowed_origins", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS")
+        None,
+        validation_alias=ours("cors_allowed_origins", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"),
+        description="Browser origins allowed cross-origin",
+    )
+    x_frame_options: str = Field(
+        "SAMEORIGIN",
+        validation_alias=ours("x_frame_options", "MLFLOW_SERVER_X_FRAME_OPTIONS"),
+        description="X-Frame-Options header: SAMEORIGIN, DENY, or NONE for no header",
+    )
+    disable_security_middleware: bool = Field(
+        False,
+        validation_alias=ours("disable_security_middleware", "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE"),
+        description="Turn off the Host and origin checks and the security headers (testing only)",
     )
 
-    # Uploads: bytes per write/thread hop, fsync before the atomic rename, and an optional size limit (413).
-    upload_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("upload_chunk_size"))
-    download_chunk_size: int = Field(1024 * 1024, ge=64 * 1024, validation_alias=_env("download_chunk_size"))
-    fsync_uploads: bool = Field(True, validation_alias=_env("fsync_uploads"))
-    upload_idle_timeout: float = Field(120.0, gt=0, validation_alias=_env("upload_idle_timeout"))
-    io_threads: int = Field(8, ge=1, le=256, validation_alias=_env("io_threads"))
-    max_upload_size: int | None = Field(None, ge=0, validation_alias=_env("max_upload_size"))
-    # Crash leftovers (app/storage/local/sweep.py): an unlocked temp file untouched this long is removed; the sweep
-    # runs at startup and then every sweep_interval seconds (0: at startup only).
-    stale_upload_age: int = Field(60, ge=0, validation_alias=_env("stale_upload_age"))
-    sweep_interval: float = Field(300.0, ge=0, validation_alias=_env("sweep_interval"))
-    # A local destination keeps at least this many bytes free: below it /ready fails, and a PUT whose
-    # Content-Length would cross it is refused with 507 before its body is read.
-    min_free_bytes: int = Field(0, ge=0, validation_alias=_env("min_free_bytes"))
+    upload_chunk_size: Bytes = Field(
+        MiB, ge=64 * 1024, validation_alias=ours("upload_chunk_size"), description="Bytes per write and thread hop"
+    )
+    download_chunk_size: Bytes = Field(
+        MiB, ge=64 * 1024, validation_alias=ours("download_chunk_size"), description="Bytes per read"
+    )
+    fsync_uploads: bool = Field(True, validation_alias=ours("fsync_uploads"), description="fsync before the rename")
+    upload_idle_timeout: float = Field(
+        120.0, gt=0, validation_alias=ours("upload_idle_timeout"), description="Seconds without body bytes (408)"
+    )
+    io_threads: int = Field(8, ge=1, le=256, validation_alias=ours("io_threads"), description="Filesystem threads")
+    max_upload_size: Bytes | None = Field(
+        None, ge=0, validation_alias=ours("max_upload_size"), description="Largest proxied upload (413)"
+    )
+    stale_upload_age: int = Field(
+        60, ge=0, validation_alias=ours("stale_upload_age"), description="Seconds before an unlocked temp file is swept"
+    )
+    sweep_interval: float = Field(
+        300.0, ge=0, validation_alias=ours("sweep_interval"), description="Seconds between sweeps (0: startup only)"
+    )
+    min_free_bytes: Bytes = Field(
+        0,
+        ge=0,
+        validation_alias=ours("min_free_bytes"),
+        description="Free space a local destination keeps: below it not ready, and PUTs that would cross it 507",
+    )
 
-    # Multipart and presigned URLs.
-    enable_multipart: bool = Field(True, validation_alias=_env("enable_multipart"))
-    enable_presigned_download: bool = Field(True, validation_alias=_env("enable_presigned_download"))
-    multipart_url_ttl: int = Field(3600, ge=60, validation_alias=_env("multipart_url_ttl"))
+    enable_multipart: bool = Field(
+        True, validation_alias=ours("enable_multipart"), description="Offer multipart uploads where the store can"
+    )
+    enable_presigned_download: bool = Field(
+        True, validation_alias=ours("enable_presigned_download"), description="Offer presigned downloads"
+    )
+    multipart_url_ttl: int = Field(
+        3600, ge=60, validation_alias=ours("multipart_url_ttl"), description="Seconds a part URL is valid"
+    )
     presigned_download_ttl: int = Field(
-        300, ge=1, validation_alias=_env("presigned_download_ttl", "MLFLOW_PRESIGNED_DOWNLOAD_URL_TTL_SECONDS")
+        300,
+        ge=1,
+        validation_alias=ours("presigned_download_ttl", "MLFLOW_PRESIGNED_DOWNLOAD_URL_TTL_SECONDS"),
+        description="Seconds a download URL is valid",
     )
-    signing_secret: str = Field("", validation_alias=_env("signing_secret"))
-    public_url: str | None = Field(None, validation_alias=_env("public_url"))
-    presigned_only_min_size: int | None = Field(None, ge=0, validation_alias=_env("presigned_only_min_size"))
-
-    # Object stores.
+    signing_secret: str = Field(
+        "",
+        validation_alias=ours("signing_secret"),
+        description="Key of self-signed URLs, 16+ characters, the same on every replica; default random per launch",
+    )
+    public_url: str | None = Field(
+        None, validation_alias=ours("public_url"), description="Base URL clients reach, for self-signed URLs"
+    )
+    presigned_only_min_size: Bytes | None = Field(
+        None,
+        ge=0,
+        validation_alias=ours("presigned_only_min_size"),
+        description="Proxied PUTs above this size are refused: clients must use multipart",
+    )
     storage_timeout: float = Field(
-        120.0, gt=0, validation_alias=_env("storage_timeout", "MLFLOW_ARTIFACT_UPLOAD_DOWNLOAD_TIMEOUT")
+        120.0,
+        gt=0,
+        validation_alias=ours("storage_timeout", "MLFLOW_ARTIFACT_UPLOAD_DOWNLOAD_TIMEOUT"),
+        description="Seconds per object-store call",
     )
+
+    s3: S3Settings = Field(default_factory=S3Settings)
+    gcs: GCSSettings = Field(default_factory=GCSSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
+    sftp: SFTPSettings = Field(default_factory=SFTPSettings)
+    ftp: FTPSettings = Field(default_factory=FTPSettings)
 
     @field_validator("static_prefix")
     @classmethod
@@ -122,3 +222,19 @@ class Settings(BaseSettings):
             f"{self.static_prefix}/api/3.0/mlflow/server-info",
             f"{self.static_prefix}/ajax-api/3.0/mlflow/server-info",
         ]
+
+
+BRANCHES: dict[str, type[Branch]] = {
+    "s3": S3Settings,
+    "gcs": GCSSettings,
+    "azure": AzureSettings,
+    "sftp": SFTPSettings,
+    "ftp": FTPSettings,
+}
+
+
+def env_names(model: type[BaseSettings], field: str) -> list[str]:
+    """The variables a field is read from, the first one preferred."""
+    alias = model.model_fields[field].validation_alias
+    assert isinstance(alias, AliasChoices), f"{model.__name__}.{field} has no environment names"
+    return [str(choice) for choice in alias.choices]

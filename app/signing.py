@@ -13,7 +13,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -25,8 +24,6 @@ from app.middleware import HOST_CHECKED_KEY
 PART_ROUTE = "presigned-parts"
 DOWNLOAD_ROUTE = "signed-artifacts"
 
-# The externally visible base URL of the request being served (scheme://host[:port]); URLs we sign point back here.
-current_base_url: ContextVar[str] = ContextVar("current_base_url", default="http://127.0.0.1:5000")
 # ASCII digits only, and few enough for int(): str.isdigit also takes '¹' or '٣', and int() refuses thousands of
 # digits. Twelve digits reach far past any expiry we sign.
 _EXPIRES = re.compile(r"[0-9]{1,12}")

@@ -31,9 +31,10 @@ from app.errors import (
 from app.paths import ArtifactPath, canonical_path
 from app.settings import Settings
 from app.storage import StoreConfigError, open_store
-from app.storage.azure import AzureBlobStore, AzureConfig
+from app.storage.azure import AzureBlobStore
 from app.storage.azure.errors import map_error
 from app.storage.base import CompletedPart, supports_multipart_upload, supports_presigned_download
+from app.store_settings import AzureSettings
 from tests.servers import StorageServer, stop_process
 from tests.servers.azure import ACCOUNT, CONTAINER, azurite_server, connection_string, restart_azurite
 from tests.utils.streams import read_all as read
@@ -52,11 +53,11 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]
 def make_store(server: StorageServer, conn: str | None = None, **settings: object) -> AzureBlobStore:
     # A fresh prefix per store keeps tests independent on the shared Azurite.
     destination = f"{server.destination}/{uuid.uuid4().hex[:12]}"
-    config = AzureConfig(
+    config = AzureSettings(
         connection_string=SecretStr(conn or server.env[CONN_ENV]), block_size=BLOCK, max_retries=0, retry_backoff=0
     )
-    options: dict[str, object] = {"download_chunk_size": BLOCK, "storage_timeout": 10.0, **settings}
-    return AzureBlobStore(destination, Settings(**options), config)  # type: ignore[arg-type]
+    options: dict[str, object] = {"download_chunk_size": BLOCK, "storage_timeout": 10.0, "azure": config, **settings}
+    return AzureBlobStore(destination, Settings(**options))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -252,8 +253,8 @@ async def test_registry_reads_connection_string_from_env(
 
 
 async def test_destination_without_prefix(azurite: StorageServer) -> None:
-    config = AzureConfig(connection_string=SecretStr(azurite.env[CONN_ENV]), max_retries=0)
-    store = AzureBlobStore(f"wasb://{CONTAINER}@{ACCOUNT}.blob.core.windows.net/", Settings(), config)
+    config = AzureSettings(connection_string=SecretStr(azurite.env[CONN_ENV]), max_retries=0)
+    store = AzureBlobStore(f"wasb://{CONTAINER}@{ACCOUNT}.blob.core.windows.net/", Settings(azure=config))
     await store.start()
     try:
         name = f"top-{uuid.uuid4().hex[:8]}.txt"
@@ -296,8 +297,8 @@ async def test_misconfiguration_is_reported(azurite: StorageServer) -> None:
 
 
 def _other_container(server: StorageServer) -> AzureBlobStore:
-    config = AzureConfig(connection_string=SecretStr(server.env[CONN_ENV]), max_retries=0)
-    return AzureBlobStore(f"wasbs://missing@{ACCOUNT}.blob.core.windows.net", Settings(), config)
+    config = AzureSettings(connection_string=SecretStr(server.env[CONN_ENV]), max_retries=0)
+    return AzureBlobStore(f"wasbs://missing@{ACCOUNT}.blob.core.windows.net", Settings(azure=config))
 
 
 async def test_storage_down_then_recovers(tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ from app.paths import ArtifactPath, canonical_path
 from app.settings import Settings
 from app.storage import StoreConfigError
 from app.storage.base import WriteOptions, supports_multipart_upload, supports_presigned_download
-from app.storage.ftp import FTPConfig, FTPStore, parse_ftp_uri
+from app.storage.ftp import FTPStore, parse_ftp_uri
+from app.store_settings import FTPSettings
 from tests.servers import StorageServer, stop_process
 from tests.servers.ftp import PASSWORD, USER, ftp_server, start_ftp
 from tests.utils.streams import read_all, stream
@@ -46,10 +47,10 @@ def server(server_dir: Path) -> Iterator[StorageServer]:
 
 
 def make_store(server: StorageServer, destination: str | None = None, **config: object) -> FTPStore:
-    settings = Settings(download_chunk_size=CHUNK, storage_timeout=10)  # type: ignore[call-arg]
     values: dict[str, object] = {"ca_file": server.env.get("ARTIFACT_PROXY_FTP_CA_FILE"), **config}
-    uri = destination or f"{server.destination}/{uuid.uuid4().hex[:8]}"
-    return FTPStore(uri, settings, FTPConfig(**values))  # type: ignore[arg-type]
+    ftp = FTPSettings(**values)  # type: ignore[arg-type]
+    settings = Settings(download_chunk_size=CHUNK, storage_timeout=10, ftp=ftp)  # type: ignore[call-arg]
+    return FTPStore(destination or f"{server.destination}/{uuid.uuid4().hex[:8]}", settings)
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def p(raw: str) -> ArtifactPath:
 
 
 def test_uri_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
-    target = parse_ftp_uri("ftp://me:p%40ss@host:2121/srv/artifacts/", FTPConfig())  # type: ignore[call-arg]
+    target = parse_ftp_uri("ftp://me:p%40ss@host:2121/srv/artifacts/", FTPSettings())  # type: ignore[call-arg]
     assert (target.user, target.password, target.host, target.port, target.root, target.tls) == (
         "me",
         "p@ss",
@@ -74,16 +75,16 @@ def test_uri_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
         "/srv/artifacts",
         False,
     )
-    anonymous = parse_ftp_uri("ftp://host", FTPConfig())  # type: ignore[call-arg]
+    anonymous = parse_ftp_uri("ftp://host", FTPSettings())  # type: ignore[call-arg]
     assert (anonymous.user, anonymous.port, anonymous.root) == ("anonymous", 21, ".")
-    assert parse_ftp_uri("ftps://u@host/~/runs", FTPConfig()).tls  # type: ignore[call-arg]
-    assert parse_ftp_uri("ftps://u@host/~/runs", FTPConfig()).root == "runs"  # type: ignore[call-arg]
+    assert parse_ftp_uri("ftps://u@host/~/runs", FTPSettings()).tls  # type: ignore[call-arg]
+    assert parse_ftp_uri("ftps://u@host/~/runs", FTPSettings()).root == "runs"  # type: ignore[call-arg]
     monkeypatch.setenv("ARTIFACT_PROXY_FTP_PASSWORD", "from-env")
     monkeypatch.setenv("ARTIFACT_PROXY_FTP_TLS", "true")
-    from_env = parse_ftp_uri("ftp://u@host/x", FTPConfig())  # type: ignore[call-arg]
+    from_env = parse_ftp_uri("ftp://u@host/x", FTPSettings())  # type: ignore[call-arg]
     assert (from_env.password, from_env.tls) == ("from-env", True)
     with pytest.raises(StoreConfigError):
-        parse_ftp_uri("ftp:///no-host", FTPConfig())  # type: ignore[call-arg]
+        parse_ftp_uri("ftp:///no-host", FTPSettings())  # type: ignore[call-arg]
 
 
 async def test_ranges_and_early_close_keep_the_pool_usable(store: FTPStore) -> None:

@@ -31,8 +31,9 @@ from app.errors import (
 from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import CompletedPart, FileInfo, supports_multipart_upload, supports_presigned_download
-from app.storage.gcs import GCSConfig, GCSStore
+from app.storage.gcs import GCSStore
 from app.storage.gcs.signing import find_signing_key, signed_url
+from app.store_settings import GCSSettings
 from tests.servers import StorageServer, stop_process
 from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
 from tests.utils.streams import read_all, stream
@@ -47,13 +48,13 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServ
 
 
 def make_store(server: StorageServer, prefix: str, *, signing: bool = True, **settings: object) -> GCSStore:
-    config = GCSConfig(
+    config = GCSSettings(
         api_root=server.endpoint,
         credentials_file=server.env["GOOGLE_APPLICATION_CREDENTIALS"] if signing else None,
         upload_chunk_size=BLOCK,  # small blocks, so a few hundred KiB already take the resumable path
     )
-    store_settings = Settings(storage_timeout=5, **settings)  # type: ignore[arg-type]
-    return GCSStore(f"gs://{BUCKET}/{prefix}", store_settings, config)
+    store_settings = Settings(storage_timeout=5, gcs=config, **settings)  # type: ignore[arg-type]
+    return GCSStore(f"gs://{BUCKET}/{prefix}", store_settings)
 
 
 @pytest.fixture
@@ -234,8 +235,10 @@ def test_signature_matches_gcloud_aio_signer(gcs_server: StorageServer, monkeypa
 
 # errors ------------------------------------------------------------------------------------------------------------
 async def test_missing_bucket_is_misconfiguration(gcs_server: StorageServer) -> None:
-    config = GCSConfig(api_root=gcs_server.endpoint, credentials_file=gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"])
-    gcs = GCSStore("gs://no-such-bucket/x", Settings(storage_timeout=5), config)
+    config = GCSSettings(
+        api_root=gcs_server.endpoint, credentials_file=gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"]
+    )
+    gcs = GCSStore("gs://no-such-bucket/x", Settings(storage_timeout=5, gcs=config))
     await gcs.start()
     try:
         with pytest.raises(StorageMisconfigured):
@@ -249,7 +252,8 @@ async def test_silent_server_is_a_timeout(gcs_server: StorageServer) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         host, port = silent.getsockname()
-        gcs = GCSStore(f"gs://{BUCKET}/x", Settings(storage_timeout=0.5), GCSConfig(api_root=f"http://{host}:{port}"))
+        unanswered = GCSSettings(api_root=f"http://{host}:{port}")
+        gcs = GCSStore(f"gs://{BUCKET}/x", Settings(storage_timeout=0.5, gcs=unanswered))
         await gcs.start()
         try:
             with pytest.raises(StorageTimeout) as caught:

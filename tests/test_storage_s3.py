@@ -28,13 +28,14 @@ from app.errors import (
 from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import CompletedPart, WriteOptions, supports_multipart_upload, supports_presigned_download
-from app.storage.s3 import S3Config, S3Store
+from app.storage.s3 import S3Store
 from app.storage.s3 import upload as upload_module
 from app.storage.s3.client import checksum_calculation
-from app.storage.s3.config import MiB, parse_s3_uri
+from app.storage.s3.config import parse_s3_uri
 from app.storage.s3.errors import map_error
 from app.storage.s3.presign import multipart_etag
 from app.storage.s3.upload import PartBuffer, part_size_for
+from app.store_settings import MiB, S3Settings
 from tests.servers import StorageServer
 from tests.servers.s3 import moto_server, restart_seaweedfs, seaweedfs_server, stop_seaweedfs
 from tests.utils.streams import read_all, stream
@@ -58,7 +59,7 @@ async def open_store(server: StorageServer, mp: pytest.MonkeyPatch, **config: An
     for name, value in server.env.items():
         mp.setenv(name, value)
     destination = f"{server.destination}/{uuid.uuid4().hex[:12]}"
-    store = S3Store(destination, Settings(artifacts_destination=destination), S3Config(**config))
+    store = S3Store(destination, Settings(artifacts_destination=destination, s3=S3Settings(**config)))
     await store.start()
     try:
         yield store
@@ -486,10 +487,10 @@ async def test_wrong_credentials_and_bucket_are_misconfiguration(
         await s3.check_ready()
     # Credentials are resolved when the client is created, in start().
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
-    bad_secret = S3Store(seaweed.destination, Settings(), S3Config())
+    bad_secret = S3Store(seaweed.destination, Settings())
     await bad_secret.start()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.env["AWS_SECRET_ACCESS_KEY"])
-    no_bucket = S3Store("s3://no-such-bucket/x", Settings(), S3Config())
+    no_bucket = S3Store("s3://no-such-bucket/x", Settings())
     await no_bucket.start()
     for s3 in (bad_secret, no_bucket):
         try:

@@ -23,7 +23,8 @@ from app.paths import ArtifactPath, canonical_path
 from app.settings import Settings
 from app.storage import StoreConfigError
 from app.storage.base import WriteOptions, supports_multipart_upload, supports_presigned_download
-from app.storage.sftp import SFTPConfig, SFTPStore, parse_sftp_uri
+from app.storage.sftp import SFTPStore, parse_sftp_uri
+from app.store_settings import SFTPSettings
 from tests.servers import StorageServer, stop_process
 from tests.servers.sftp import USER, make_files, restart_sftp, sftp_server
 from tests.utils.streams import read_all, stream
@@ -43,7 +44,7 @@ def _no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # only the keys a test names may log in
 
 
-def config_for(server: StorageServer, **overrides: object) -> SFTPConfig:
+def config_for(server: StorageServer, **overrides: object) -> SFTPSettings:
     env = server.env
     values: dict[str, object] = {
         "known_hosts": env["ARTIFACT_PROXY_SFTP_KNOWN_HOSTS"],
@@ -51,14 +52,14 @@ def config_for(server: StorageServer, **overrides: object) -> SFTPConfig:
         "ssh_config": env["ARTIFACT_PROXY_SFTP_CONFIG"],
         **overrides,
     }
-    return SFTPConfig(**values)  # type: ignore[arg-type]
+    return SFTPSettings(**values)  # type: ignore[arg-type]
 
 
 def make_store(server: StorageServer, destination: str | None = None, **overrides: object) -> SFTPStore:
-    settings = Settings(upload_chunk_size=BLOCK, download_chunk_size=BLOCK, storage_timeout=10)  # type: ignore[call-arg]
-    return SFTPStore(
-        destination or f"{server.destination}/{uuid.uuid4().hex[:8]}", settings, config_for(server, **overrides)
-    )
+    settings = Settings(
+        upload_chunk_size=BLOCK, download_chunk_size=BLOCK, storage_timeout=10, sftp=config_for(server, **overrides)
+    )  # type: ignore[call-arg]
+    return SFTPStore(destination or f"{server.destination}/{uuid.uuid4().hex[:8]}", settings)
 
 
 def root_dir(server: StorageServer, store: SFTPStore) -> Path:

@@ -21,7 +21,7 @@ from app.deps import EMPTY_JSON, announced_length, counted_body, refuse_existing
 from app.errors import InvalidParameter, MultipartUploadUnsupported, PayloadTooLarge, PresignedDownloadUnsupported
 from app.paths import ArtifactPath, canonical_path, multipart_target
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
-from app.signing import current_base_url, trusted_base_url
+from app.signing import trusted_base_url
 from app.storage.base import (
     ArtifactStore,
     CompletedPart,
@@ -47,11 +47,13 @@ M = TypeVar("M", bound=BaseModel)
 _unsigned_warning_given: list[bool] = []  # once per worker: a warning per request would drown the log
 
 
-def _can_sign_for(request: Request, store: ArtifactStore) -> bool:
-    """Self-signed URLs point back at us (app.signing.trusted_base_url); without a trustworthy address to put in
-    them the store does not offer them, and clients fall back to proxied transfers."""
+def _url_base(request: Request, store: ArtifactStore) -> str | None:
+    """What the store's transfer URLs are relative to: nothing for storage that presigns absolute URLs; for a store
+    that signs its own, this service's API root as clients reach it (app.signing.trusted_base_url). None when there
+    is no trustworthy address to put in them: then the store does not offer them, and clients fall back to proxied
+    transfers."""
     if not signs_own_urls(store):
-        return True
+        return ""
     base = trusted_base_url(request)
     if base is None:
         if not _unsigned_warning_given:
@@ -61,17 +63,17 @@ def _can_sign_for(request: Request, store: ArtifactStore) -> bool:
                 "%r): set ARTIFACT_PROXY_PUBLIC_URL, or MLFLOW_SERVER_ALLOWED_HOSTS, to the address clients use",
                 request.headers.get("host"),
             )
-        return False
-    current_base_url.set(base)
-    return True
+        return None
+    return f"{base}{settings_of(request).api_prefixes[0]}/"
 
 
-def _multipart_store(request: Request) -> MultipartUploads:
+def _multipart_store(request: Request) -> tuple[MultipartUploads, str]:
     store = store_of(request)
-    if not supports_multipart_upload(store) or not _can_sign_for(request, store):
+    base = _url_base(request, store) if supports_multipart_upload(store) else None
+    if base is None:
         raise MultipartUploadUnsupported()
     assert isinstance(store, MultipartUploads)
-    return store
+    return store, base
 
 
 async def _body(request: Request, model: type[M], limit: int) -> M:
@@ -124,7 +126,7 @@ async def _target(request: Request, body_path: str | None) -> ArtifactPath:
 
 async def create_upload(request: Request) -> Response:
     canonical_path(request.path_params.get("path", ""))
-    store = _multipart_store(request)
+    store, base = _multipart_store(request)
     body = await _body(request, CreateMultipartRequest, SMALL_BODY_LIMIT)
     target = await _target(request, body.path)
     if body.num_parts is None:
@@ -134,12 +136,12 @@ async def create_upload(request: Request) -> Response:
         # Early, before the client sends its parts; complete settles it (atomically where the backend can).
         await refuse_existing(store_of(request), target)
     created = await store.create_multipart_upload(target, num_parts)
-    return JSONResponse(created_upload_json(created))
+    return JSONResponse(created_upload_json(created, base))
 
 
 async def complete_upload(request: Request) -> Response:
     canonical_path(request.path_params.get("path", ""))
-    store = _multipart_store(request)
+    store, _ = _multipart_store(request)
     body = await _body(request, CompleteMultipartRequest, COMPLETE_BODY_LIMIT)
     target = await _target(request, body.path)
     if not body.parts:
@@ -155,7 +157,7 @@ async def complete_upload(request: Request) -> Response:
 
 async def abort_upload(request: Request) -> Response:
     canonical_path(request.path_params.get("path", ""))
-    store = _multipart_store(request)
+    store, _ = _multipart_store(request)
     body = await _body(request, AbortMultipartRequest, SMALL_BODY_LIMIT)
     target = await _target(request, body.path)
     await store.abort_multipart_upload(target, body.upload_id)
@@ -166,11 +168,12 @@ async def presigned_download(request: Request) -> Response:
     path = canonical_path(request.path_params.get("path", ""))
     await authorize(request, Operation.READ, path)
     store = store_of(request)
-    if not supports_presigned_download(store) or not _can_sign_for(request, store):
+    base = _url_base(request, store) if supports_presigned_download(store) else None
+    if base is None:
         raise PresignedDownloadUnsupported()
     assert isinstance(store, PresignedDownloads)
     signed = await store.presign_download(path)
-    body: dict[str, object] = {"url": signed.url, "headers": signed.headers}
+    body: dict[str, object] = {"url": base + signed.url, "headers": signed.headers}
     if signed.file_size is not None:
         body["file_size"] = signed.file_size
     return JSONResponse(body)

@@ -179,7 +179,8 @@ class PresignedDownloads(Protocol):
 @runtime_checkable
 class SelfSignedTransfers(Protocol):
     """A store whose multipart parts and downloads go through this service (app/routes/signed.py), under URLs it
-    signs itself: the signature is the authorization."""
+    signs itself: the signature is the authorization. Its part and download URLs are relative to the service's API
+    root (`presigned-parts/...`); the route that hands them out prefixes the address clients reach."""
 
     signer: UrlSigner | None
 

@@ -33,8 +33,9 @@ DOWNLOAD_CHUNK = 256 * KiB  # bytes per read request or hop: small enough for se
 ReadIsolation = Literal["snapshot", "checked"]
 
 
-def settings() -> Settings:
-    return Settings(upload_chunk_size=UPLOAD_CHUNK, download_chunk_size=DOWNLOAD_CHUNK, storage_timeout=30)  # type: ignore[call-arg]
+def settings(**branches: Any) -> Settings:
+    """The contract's service settings, with a backend's branch (`s3=...`) where the test server needs one."""
+    return Settings(upload_chunk_size=UPLOAD_CHUNK, download_chunk_size=DOWNLOAD_CHUNK, storage_timeout=30, **branches)
 
 
 # The two ways a body is written: within the first block (one request, or one small file write), or streamed
@@ -87,14 +88,15 @@ def _botocore_session() -> Any:
 
 
 def _s3(server: StorageServer, prefix: str, env: pytest.MonkeyPatch) -> ArtifactStore:
-    from app.storage.s3 import S3Config, S3Store
+    from app.storage.s3 import S3Store
     from app.storage.s3 import client as s3_client
+    from app.store_settings import S3Settings
 
     for name, value in server.env.items():  # credentials are only ever read from the environment, at start()
         env.setenv(name, value)
     # A new session loads botocore's S3 model again, most of a store's start-up: one serves every test's client.
     env.setattr(s3_client, "get_session", _botocore_session)
-    return S3Store(f"{server.destination}/{prefix}", settings(), S3Config(part_size=5 * MiB))  # type: ignore[call-arg]
+    return S3Store(f"{server.destination}/{prefix}", settings(s3=S3Settings(part_size=5 * MiB)))
 
 
 async def _s3_names(store: Any, path: str) -> list[str]:
@@ -110,11 +112,12 @@ GCS_BLOCK = 256 * KiB  # resumable uploads go in multiples of 256 KiB
 
 
 def _gcs(server: StorageServer, prefix: str, _: pytest.MonkeyPatch) -> ArtifactStore:
-    from app.storage.gcs import GCSConfig, GCSStore
+    from app.storage.gcs import GCSStore
+    from app.store_settings import GCSSettings
 
     credentials = server.env["GOOGLE_APPLICATION_CREDENTIALS"]
-    config = GCSConfig(api_root=server.endpoint, credentials_file=credentials, upload_chunk_size=GCS_BLOCK)
-    return GCSStore(f"{server.destination}/{prefix}", settings(), config)
+    config = GCSSettings(api_root=server.endpoint, credentials_file=credentials, upload_chunk_size=GCS_BLOCK)
+    return GCSStore(f"{server.destination}/{prefix}", settings(gcs=config))
 
 
 async def _gcs_names(store: Any, path: str) -> list[str]:
@@ -128,11 +131,12 @@ AZURE_BLOCK = 256 * KiB  # Azurite takes milliseconds per request: smaller block
 
 
 def _azure(server: StorageServer, prefix: str, _: pytest.MonkeyPatch) -> ArtifactStore:
-    from app.storage.azure import AzureBlobStore, AzureConfig
+    from app.storage.azure import AzureBlobStore
+    from app.store_settings import AzureSettings
 
     conn = SecretStr(server.env["AZURE_STORAGE_CONNECTION_STRING"])
-    config = AzureConfig(connection_string=conn, block_size=AZURE_BLOCK, max_retries=0, retry_backoff=0)
-    return AzureBlobStore(f"{server.destination}/{prefix}", settings(), config)
+    config = AzureSettings(connection_string=conn, block_size=AZURE_BLOCK, max_retries=0, retry_backoff=0)
+    return AzureBlobStore(f"{server.destination}/{prefix}", settings(azure=config))
 
 
 async def _azure_names(store: Any, path: str) -> list[str]:
@@ -145,15 +149,16 @@ async def _azure_names(store: Any, path: str) -> list[str]:
 
 # SFTP ----------------------------------------------------------------------------------------------------------------
 def _sftp(server: StorageServer, prefix: str, env: pytest.MonkeyPatch) -> ArtifactStore:
-    from app.storage.sftp import SFTPConfig, SFTPStore
+    from app.storage.sftp import SFTPStore
+    from app.store_settings import SFTPSettings
 
     env.delenv("SSH_AUTH_SOCK", raising=False)  # log in with the server's key only, never a developer's agent
-    config = SFTPConfig(
+    config = SFTPSettings(
         known_hosts=server.env["ARTIFACT_PROXY_SFTP_KNOWN_HOSTS"],
         identity_file=server.env["ARTIFACT_PROXY_SFTP_IDENTITY_FILE"],
         ssh_config=server.env["ARTIFACT_PROXY_SFTP_CONFIG"],
     )  # type: ignore[call-arg]
-    return SFTPStore(f"{server.destination}/{prefix}", settings(), config)
+    return SFTPStore(f"{server.destination}/{prefix}", settings(sftp=config))
 
 
 async def _sftp_names(store: Any, path: str) -> list[str]:
@@ -172,9 +177,9 @@ async def _sftp_names(store: Any, path: str) -> list[str]:
 
 # FTP -----------------------------------------------------------------------------------------------------------------
 def _ftp(server: StorageServer, prefix: str, _: pytest.MonkeyPatch) -> ArtifactStore:
-    from app.storage.ftp import FTPConfig, FTPStore
+    from app.storage.ftp import FTPStore
 
-    return FTPStore(f"{server.destination}/{prefix}", settings(), FTPConfig())  # type: ignore[call-arg]
+    return FTPStore(f"{server.destination}/{prefix}", settings())
 
 
 async def _ftp_names(store: Any, path: str) -> list[str]:

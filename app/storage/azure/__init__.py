@@ -7,10 +7,9 @@ AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCESS_KEY (account from the URI)
 
 The store (`store`) holds its parts: the client (`client`: SDK clients, blob names and properties), the block writer
 (`writer`), the SAS signer (`sas`) and the block-list uploads (`multipart`); `blocks` is the block-id scheme the writer
-and the uploads share, `errors` the SDK error mapping, `config` the settings and the destination URI.
+and the uploads share, `errors` the SDK error mapping, `config` the destination URI (the settings are `settings.azure`).
 """
 
-from app.storage.azure.config import AzureConfig
 from app.storage.azure.store import AzureBlobStore
 
-__all__ = ["AzureBlobStore", "AzureConfig"]
+__all__ = ["AzureBlobStore"]

@@ -14,9 +14,10 @@ from app.errors import IsADirectoryArtifact, StorageUnavailable
 from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage import StoreConfigError
-from app.storage.azure.config import AzureConfig, parse_wasbs
+from app.storage.azure.config import parse_wasbs
 from app.storage.azure.errors import error_code, storage_errors
 from app.storage.base import ObjectMeta
+from app.store_settings import AzureSettings
 
 logger = logging.getLogger("artifact_proxy.storage.azure")
 # The SDK logs every request and response at INFO; give it our own logger, quiet unless an operator lowers its level.
@@ -28,7 +29,7 @@ if http_logger.level == logging.NOTSET:
 class AzureClient:
     """The SDK clients of one `wasbs://` destination, and the blob each artifact path names in it."""
 
-    def __init__(self, uri: str, settings: Settings, config: AzureConfig) -> None:
+    def __init__(self, uri: str, settings: Settings, config: AzureSettings) -> None:
         self.settings, self.config = settings, config
         self.container_name, self.account, self.host, self.prefix = parse_wasbs(uri)
         # Known once started: the key a SAS is signed with; without one, signing needs a user delegation key.

@@ -17,7 +17,6 @@ from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDo
 from app.paths import TEMP_PREFIX, ArtifactPath
 from app.settings import Settings
 from app.storage.azure.client import AzureClient
-from app.storage.azure.config import AzureConfig
 from app.storage.azure.errors import error_code, storage_errors
 from app.storage.azure.multipart import BlockListUploads
 from app.storage.azure.reader import AzureReadHandle
@@ -42,9 +41,8 @@ DELETE_CONCURRENCY = 16
 class AzureBlobStore:
     """Artifacts as block blobs under `<prefix>/` in one container."""
 
-    def __init__(self, uri: str, settings: Settings, config: AzureConfig | None = None) -> None:
-        self.settings = settings
-        self.config = config or AzureConfig()
+    def __init__(self, uri: str, settings: Settings) -> None:
+        self.settings, self.config = settings, settings.azure
         self.client = AzureClient(uri, settings, self.config)
         self.capabilities = Capabilities(
             multipart_upload=settings.enable_multipart and self.config.can_sign,

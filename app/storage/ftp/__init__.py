@@ -1,6 +1,6 @@
-"""The FTP backend (`ftp://`, `ftps://`): `FTPStore`, and the settings and URI parsing it is configured by."""
+"""The FTP backend (`ftp://`, `ftps://`): `FTPStore` and its URI parsing; its settings are `settings.ftp`."""
 
-from app.storage.ftp.config import FTPConfig, parse_ftp_uri
+from app.storage.ftp.config import parse_ftp_uri
 from app.storage.ftp.store import FTPStore
 
-__all__ = ["FTPConfig", "FTPStore", "parse_ftp_uri"]
+__all__ = ["FTPStore", "parse_ftp_uri"]

@@ -1,24 +1,13 @@
-"""What the FTP backend is told: the `ARTIFACT_PROXY_FTP_*` settings and the destination URI."""
+"""Where the FTP backend connects: the destination URI with `settings.ftp` (the password kept out of the URI)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from app.storage import StoreConfigError
 from app.storage.remote_paths import root_of
-
-
-class FTPConfig(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
-
-    password: SecretStr | None = Field(None, validation_alias="ARTIFACT_PROXY_FTP_PASSWORD")  # keeps it out of URIs
-    tls: bool = Field(False, validation_alias="ARTIFACT_PROXY_FTP_TLS")  # AUTH TLS on ftp:// too
-    ca_file: str | None = Field(None, validation_alias="ARTIFACT_PROXY_FTP_CA_FILE")
-    connections: int = Field(8, ge=1, le=64, validation_alias="ARTIFACT_PROXY_FTP_CONNECTIONS")
+from app.store_settings import FTPSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +20,7 @@ class FTPTarget:
     tls: bool
 
 
-def parse_ftp_uri(uri: str, config: FTPConfig) -> FTPTarget:
+def parse_ftp_uri(uri: str, config: FTPSettings) -> FTPTarget:
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme not in ("ftp", "ftps") or not parts.hostname:

@@ -11,10 +11,11 @@ from typing import TypeVar
 
 import aioftp
 
-from app.storage.ftp.config import FTPConfig, FTPTarget
+from app.storage.ftp.config import FTPTarget
 from app.storage.ftp.errors import ftp_errors, map_error
 from app.storage.ftp.pool import FTPPool, Lease
 from app.storage.ftp.tls import FTPClient
+from app.store_settings import FTPSettings
 
 logger = logging.getLogger("artifact_proxy.storage.ftp")
 
@@ -24,7 +25,7 @@ T = TypeVar("T")
 class FTPConnection:
     """Logged-in connections to one FTP server, pooled: `lease` lends one, `run` runs an operation on one."""
 
-    def __init__(self, target: FTPTarget, config: FTPConfig, timeout: float) -> None:
+    def __init__(self, target: FTPTarget, config: FTPSettings, timeout: float) -> None:
         self.target = target
         self._timeout = timeout
         self._ssl = ssl.create_default_context(cafile=config.ca_file) if target.tls else None

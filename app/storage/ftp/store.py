@@ -24,7 +24,7 @@ from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
 from app.storage.ftp.commands import FTPCommands
-from app.storage.ftp.config import FTPConfig, parse_ftp_uri
+from app.storage.ftp.config import parse_ftp_uri
 from app.storage.ftp.connection import FTPConnection
 from app.storage.ftp.dirs import makedirs
 from app.storage.ftp.download import FTPDownloads, FTPReadHandle
@@ -42,8 +42,8 @@ class FTPStore:
 
     capabilities = Capabilities()  # FTP cannot presign: multipart and presigned downloads answer 501
 
-    def __init__(self, uri: str, settings: Settings, config: FTPConfig | None = None) -> None:
-        self.settings, config = settings, config or FTPConfig()
+    def __init__(self, uri: str, settings: Settings) -> None:
+        self.settings, config = settings, settings.ftp
         self.target = parse_ftp_uri(uri, config)
         self.root = self.target.root
         self._connection = FTPConnection(self.target, config, settings.storage_timeout)

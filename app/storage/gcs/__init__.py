@@ -12,10 +12,9 @@
 
 The store (`store`) holds its parts: the client (`client`: session, names, requests, object primitives), the reader
 (`reader`), the object writer (`writer`), the URL signer (`signing`) and the composed uploads (`multipart`); `errors`
-maps failures, `config` holds the settings and the destination URI.
+maps failures, `config` the destination URI (the settings are `settings.gcs`).
 """
 
-from app.storage.gcs.config import GCSConfig
 from app.storage.gcs.store import GCSStore
 
-__all__ = ["GCSConfig", "GCSStore"]
+__all__ = ["GCSStore"]

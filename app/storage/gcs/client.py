@@ -20,8 +20,9 @@ from gcloud.aio.storage import Storage
 from app.errors import ArtifactNotFound, IsADirectoryArtifact, StorageMisconfigured
 from app.paths import ArtifactPath
 from app.settings import Settings
-from app.storage.gcs.config import PUBLIC_ENDPOINT, GCSConfig
+from app.storage.gcs.config import PUBLIC_ENDPOINT
 from app.storage.gcs.errors import storage_errors
+from app.store_settings import GCSSettings
 
 logger = logging.getLogger("artifact_proxy.storage.gcs")
 
@@ -32,7 +33,7 @@ OCTET = "application/octet-stream"
 class GCSClient:
     """The session and `Storage` of one `gs://` destination, and the object each artifact path names in it."""
 
-    def __init__(self, bucket: str, prefix: str, settings: Settings, config: GCSConfig) -> None:
+    def __init__(self, bucket: str, prefix: str, settings: Settings, config: GCSSettings) -> None:
         self.bucket, self.prefix, self.settings, self.config = bucket, prefix, settings, config
         self.emulated = config.api_root is not None
         self.api_root = config.api_root or PUBLIC_ENDPOINT

@@ -27,7 +27,7 @@ from app.storage.base import (
     WriteOptions,
 )
 from app.storage.gcs.client import GCSClient, logger
-from app.storage.gcs.config import GCSConfig, parse_gs_uri
+from app.storage.gcs.config import parse_gs_uri
 from app.storage.gcs.multipart import ComposedUploads
 from app.storage.gcs.reader import MAX_READ_CHUNK, GCSReadHandle
 from app.storage.gcs.signing import URLSigner, find_signing_key
@@ -37,9 +37,9 @@ from app.storage.gcs.writer import ObjectWriter
 class GCSStore:
     """Artifacts as objects under `gs://bucket/prefix/`."""
 
-    def __init__(self, uri: str, settings: Settings, config: GCSConfig | None = None) -> None:
+    def __init__(self, uri: str, settings: Settings) -> None:
         bucket, prefix = parse_gs_uri(uri)
-        self.settings, self.config = settings, config or GCSConfig()
+        self.settings, self.config = settings, settings.gcs
         self.client = GCSClient(bucket, prefix, settings, self.config)
         try:
             key = find_signing_key(self.config.credentials_file)

@@ -1,11 +1,13 @@
 """Presigned multipart uploads and presigned downloads for the local directory.
 
-The service signs its own expiring URLs (`app.signing`) that point back at itself. Parts are staged out of sight in
-`<root>/.artifact.uploading.mpu/<upload_id>/` (the reserved prefix: never listed, never addressable by clients);
-complete concatenates them into a temp file beside the target and renames it into place atomically (or, create-only,
-links it there only if the name is free); abort, expiry and a refused complete remove the staging directory. An
-upload id is bound to its key by a `target` file in its staging directory, and the completed file carries its upload
-id (an extended attribute), so only a retry of the complete that built it is answered with success.
+The service signs its own expiring URLs (`app.signing`) that point back at itself: relative to its API root, which
+only the HTTP layer knows (the address clients reach), so the route makes them absolute. Parts are staged out of
+sight in `<root>/.artifact.uploading.mpu/<upload_id>/` (the reserved prefix: never listed, never addressable by
+clients); complete concatenates them into a temp file beside the target and renames it into place atomically (or,
+create-only, links it there only if the name is free); abort, expiry and a refused complete remove the staging
+directory. An upload id is bound to its key by a `target` file in its staging directory, and the completed file
+carries its upload id (an extended attribute), so only a retry of the complete that built it is answered with
+success.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import anyio.to_thread
 
 from app.errors import AlreadyExists, InvalidParameter, PathOutsideRoot, PayloadTooLarge, ResourceNotFound
 from app.paths import ArtifactPath
-from app.signing import DOWNLOAD_ROUTE, PART_ROUTE, UrlSigner, current_base_url
+from app.signing import DOWNLOAD_ROUTE, PART_ROUTE, UrlSigner
 from app.storage.base import (
     DEFAULT_COMPLETE,
     CompletedPart,
@@ -59,18 +61,15 @@ class LocalPresigning:
             raise ResourceNotFound(f"No such multipart upload: {upload_id!r}")
         return os.path.join(self.files.real_root, STAGING_DIR, upload_id)
 
-    def _api_base(self) -> str:
-        return f"{current_base_url.get()}{self.files.settings.api_prefixes[0]}"
-
     # create -------------------------------------------------------------------------------------------------------
     async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
         assert self.signer is not None
         upload_id = uuid.uuid4().hex
         await self.files.run(self._create_staging, path, upload_id)
-        base, ttl = self._api_base(), self.files.settings.multipart_url_ttl
+        ttl = self.files.settings.multipart_url_ttl
         credentials = [
             PartCredential(
-                url=f"{base}/{PART_ROUTE}/{upload_id}/{n}?{self.signer.query('part', (upload_id, str(n)), ttl)}",
+                url=f"{PART_ROUTE}/{upload_id}/{n}?{self.signer.query('part', (upload_id, str(n)), ttl)}",
                 part_number=n,
             )
             for n in range(1, num_parts + 1)
@@ -202,7 +201,7 @@ class LocalPresigning:
         handle: LocalReadHandle = await self.files.run(open_for_read, self.files, path)
         await handle.aclose()
         query = self.signer.query("download", (path.canonical,), self.files.settings.presigned_download_ttl)
-        url = f"{self._api_base()}/{DOWNLOAD_ROUTE}/{quote(path.canonical)}?{query}"
+        url = f"{DOWNLOAD_ROUTE}/{quote(path.canonical)}?{query}"
         return PresignedUrl(url=url, headers={}, file_size=handle.meta.size)
 
 

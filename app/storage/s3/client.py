@@ -22,8 +22,9 @@ from app.errors import ArtifactNotFound, ArtifactProxyError, IsADirectoryArtifac
 from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import ObjectMeta
-from app.storage.s3.config import S3Config, parse_s3_uri
+from app.storage.s3.config import parse_s3_uri
 from app.storage.s3.errors import map_error
+from app.store_settings import S3Settings
 
 logger = logging.getLogger("artifact_proxy.storage.s3")
 
@@ -52,7 +53,7 @@ def _expect_continue(params: dict[str, Any], **_: Any) -> None:
 class S3Client:
     """`s3://bucket/prefix` through one shared aiobotocore client (`sdk`), and `signer` for presigned URLs."""
 
-    def __init__(self, uri: str, settings: Settings, config: S3Config) -> None:
+    def __init__(self, uri: str, settings: Settings, config: S3Settings) -> None:
         self.bucket, self.prefix = parse_s3_uri(uri)
         self._settings, self._config = settings, config
         self._stack: contextlib.AsyncExitStack | None = None

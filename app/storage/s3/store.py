@@ -32,7 +32,6 @@ from app.storage.base import (
 )
 from app.storage.chunks import prepend
 from app.storage.s3.client import DIGEST_TAG, S3Client
-from app.storage.s3.config import S3Config
 from app.storage.s3.errors import map_error
 from app.storage.s3.presign import S3Presigner
 from app.storage.s3.read import S3ReadHandle
@@ -44,9 +43,8 @@ DELETE_BATCH = 1000  # the DeleteObjects limit
 class S3Store:
     """Artifacts as objects under `s3://bucket/prefix`."""
 
-    def __init__(self, uri: str, settings: Settings, config: S3Config | None = None) -> None:
-        self.settings = settings
-        self.config = config if config is not None else S3Config()
+    def __init__(self, uri: str, settings: Settings) -> None:
+        self.settings, self.config = settings, settings.s3
         self.capabilities = Capabilities(
             multipart_upload=settings.enable_multipart, presigned_download=settings.enable_presigned_download
         )

@@ -18,7 +18,7 @@ import anyio
 from app.errors import ArtifactProxyError, PayloadTooLarge
 from app.paths import ArtifactPath
 from app.storage.s3.client import DIGEST_TAG, ETAG_TAG, S3Client
-from app.storage.s3.config import MiB, S3Config
+from app.store_settings import MiB, S3Settings
 
 MAX_PARTS = 10_000  # the most parts one S3 upload may have; read at each use, so it can be lowered in tests
 
@@ -63,7 +63,7 @@ async def first_part(chunks: AsyncIterator[bytes], part_size: int) -> tuple[list
 class S3Uploader:
     """Writes a stream to one key as a server-side multipart upload, completed only once every part is stored."""
 
-    def __init__(self, client: S3Client, config: S3Config) -> None:
+    def __init__(self, client: S3Client, config: S3Settings) -> None:
         self._client, self._config = client, config
 
     async def upload(

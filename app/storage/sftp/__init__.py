@@ -1,6 +1,6 @@
-"""The SFTP backend (`sftp://`): `SFTPStore`, and the settings and URI parsing it is configured by."""
+"""The SFTP backend (`sftp://`): `SFTPStore` and its URI parsing; its settings are `settings.sftp`."""
 
-from app.storage.sftp.config import SFTPConfig, parse_sftp_uri
+from app.storage.sftp.config import parse_sftp_uri
 from app.storage.sftp.store import SFTPStore
 
-__all__ = ["SFTPConfig", "SFTPStore", "parse_sftp_uri"]
+__all__ = ["SFTPStore", "parse_sftp_uri"]

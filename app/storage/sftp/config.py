@@ -9,22 +9,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import asyncssh
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.storage import StoreConfigError
 from app.storage.remote_paths import root_of
-
-
-class SFTPConfig(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
-
-    # A known_hosts file, or "none" to accept any host key (only on a network you trust).
-    known_hosts: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_KNOWN_HOSTS")
-    identity_file: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_IDENTITY_FILE")
-    # An OpenSSH client config to read instead of ~/.ssh/config.
-    ssh_config: str | None = Field(None, validation_alias="ARTIFACT_PROXY_SFTP_CONFIG")
-    keepalive: float = Field(15.0, ge=0, validation_alias="ARTIFACT_PROXY_SFTP_KEEPALIVE")
+from app.store_settings import SFTPSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +37,7 @@ def parse_sftp_uri(uri: str) -> SFTPTarget:
     return SFTPTarget(parts.hostname, port, user, password, root_of(unquote(parts.path)))
 
 
-def check_files(config: SFTPConfig) -> None:
+def check_files(config: SFTPSettings) -> None:
     """Read the key files once at startup, so a bad one stops the service with a clear message, not a 502 later."""
     files: list[tuple[str, str | None, Callable[[str], object]]] = [
         ("KNOWN_HOSTS", config.known_hosts, asyncssh.read_known_hosts),

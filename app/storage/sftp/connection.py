@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import asyncssh
 
 from app.errors import ArtifactProxyError
-from app.storage.sftp.config import SFTPConfig, SFTPTarget
+from app.storage.sftp.config import SFTPTarget
 from app.storage.sftp.dirs import makedirs
 from app.storage.sftp.errors import CONNECTION_LOST, FAILURES, map_error
+from app.store_settings import SFTPSettings
 
 logger = logging.getLogger("artifact_proxy.storage.sftp")
 # asyncssh logs every connection and channel at INFO; keep it quiet unless an operator lowers the level.
@@ -32,7 +33,7 @@ T = TypeVar("T")
 class SFTPConnection:
     """The shared SSH connection and its SFTP client, reopened after a loss; it makes the root on every connect."""
 
-    def __init__(self, target: SFTPTarget, config: SFTPConfig, timeout: float) -> None:
+    def __init__(self, target: SFTPTarget, config: SFTPSettings, timeout: float) -> None:
         self.target, self.config = target, config
         self._timeout = timeout
         self._conn: asyncssh.SSHClientConnection | None = None

@@ -23,7 +23,7 @@ from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
 from app.storage.remote_paths import by_name, listable, remote_path
-from app.storage.sftp.config import SFTPConfig, check_files, parse_sftp_uri
+from app.storage.sftp.config import check_files, parse_sftp_uri
 from app.storage.sftp.connection import SFTPConnection
 from app.storage.sftp.errors import MISSING
 from app.storage.sftp.read import SFTPReadHandle, open_download, stat_file
@@ -37,8 +37,8 @@ class SFTPStore:
 
     capabilities = Capabilities()  # SFTP cannot presign: multipart and presigned downloads answer 501
 
-    def __init__(self, uri: str, settings: Settings, config: SFTPConfig | None = None) -> None:
-        self.settings, config = settings, config or SFTPConfig()
+    def __init__(self, uri: str, settings: Settings) -> None:
+        self.settings, config = settings, settings.sftp
         self.target = parse_sftp_uri(uri)
         self.root = self.target.root
         check_files(config)
