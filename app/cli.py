@@ -1,4 +1,9 @@
-"""`artifact-proxy server ...`: flags mirror `mlflow server`'s artifact flags, so a command line can be swapped."""
+"""`artifact-proxy server ...`: `mlflow server`'s command line, so one can be swapped for the other.
+
+The flags are a table of settings fields (`SERVER_FLAGS`): each flag's help, and the variable it is exported to for
+the uvicorn workers (fresh processes that only see the environment), come from its field in `app/settings.py`.
+`mlflow server`'s flags that make no sense here are in `app/mlflow_flags.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +11,68 @@ import asyncio
 import logging
 import logging.config
 import os
+import secrets
 import tempfile
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import click
 import uvicorn
 
-from app import __version__
+from app import __version__, mlflow_flags
 from app.errors import ArtifactProxyError
 from app.http_limits import LimitedHttpToolsProtocol
 from app.logs import log_config
-from app.settings import Settings
+from app.settings import Settings, env_names
+from app.settings_reference import effective_settings, reference
 from app.storage import StoreConfigError, open_store, redacted
 from app.storage.base import ArtifactStore
 
 logger = logging.getLogger("artifact_proxy.cli")
 
-# Flags -> the environment variables Settings reads; uvicorn workers are fresh processes that only see the env.
-FLAG_ENV = {
-    "artifacts_destination": "ARTIFACT_PROXY_ARTIFACTS_DESTINATION",
-    "host": "ARTIFACT_PROXY_HOST",
-    "port": "ARTIFACT_PROXY_PORT",
-    "workers": "ARTIFACT_PROXY_WORKERS",
-    "static_prefix": "ARTIFACT_PROXY_STATIC_PREFIX",
-    "log_level": "ARTIFACT_PROXY_LOG_LEVEL",
-    "access_log": "ARTIFACT_PROXY_ACCESS_LOG",
-    "max_upload_size": "ARTIFACT_PROXY_MAX_UPLOAD_SIZE",
-    "log_format": "ARTIFACT_PROXY_LOG_FORMAT",
-    "shutdown_grace": "ARTIFACT_PROXY_SHUTDOWN_GRACE",
-    "auth_config": "ARTIFACT_PROXY_AUTH_CONFIG",
-    "audit_log": "ARTIFACT_PROXY_AUDIT_LOG",
+# Settings field -> its flag declarations (`mlflow server`'s where it has one).
+SERVER_FLAGS: dict[str, tuple[str, ...]] = {
+    "artifacts_destination": ("--artifacts-destination",),
+    "host": ("-h", "--host"),
+    "port": ("-p", "--port"),
+    "workers": ("-w", "--workers"),
+    "static_prefix": ("--static-prefix",),
+    "allowed_hosts": ("--allowed-hosts",),
+    "cors_allowed_origins": ("--cors-allowed-origins",),
+    "x_frame_options": ("--x-frame-options",),
+    "disable_security_middleware": ("--disable-security-middleware",),
+    "metrics_dir": ("--expose-prometheus",),
+    "artifacts_presigned_only": ("--artifacts-presigned-only",),
+    "max_upload_size": ("--max-upload-size",),
+    "log_level": ("--log-level",),
+    "access_log": ("--access-log/--no-access-log",),
+    "log_format": ("--log-format",),
+    "shutdown_grace": ("--shutdown-grace",),
+    "auth_config": ("--auth-config",),
+    "audit_log": ("--audit-log",),
 }
+SECRET_NOTE = (
+    "ARTIFACT_PROXY_SIGNING_SECRET is not set: multipart and presigned URLs are signed with a random key made for "
+    "this launch, so they stop working when the server restarts; replicas need one configured secret, the same on each"
+)
+
+
+def _settings_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for name, decls in reversed(SERVER_FLAGS.items()):
+        field = Settings.model_fields[name]
+        names = env_names(Settings, name)
+        help_text = f"{field.description} [env {', '.join(names)}]"
+        kind: dict[str, Any] = {}
+        values = typing.get_args(field.annotation)
+        if field.annotation is bool and "/" not in decls[-1]:
+            kind = {"is_flag": True}
+        elif field.annotation in (int, int | None) and name != "max_upload_size":
+            kind = {"type": int}
+        elif values and all(isinstance(value, str) for value in values):
+            kind = {"type": click.Choice(values)}
+        command = click.option(*decls, name, default=None, help=help_text, **kind)(command)
+    return command
 
 
 def default_workers() -> int:
@@ -49,46 +86,34 @@ def main() -> None:
 
 
 @main.command(context_settings={"help_option_names": ["--help"]})
-@click.option(
-    "--artifacts-destination",
-    default=None,
-    help="Local path, file://, s3://, gs:// or wasbs:// URI [env MLFLOW_ARTIFACTS_DESTINATION; default ./mlartifacts].",
-)
-@click.option("-h", "--host", default=None, help="Interface to bind [default 127.0.0.1].")
-@click.option("-p", "--port", type=int, default=None, help="Port to listen on [default 5000].")
-@click.option("-w", "--workers", type=int, default=None, help="Worker processes [default: CPU count, at most 4].")
-@click.option("--static-prefix", default=None, help="Path prefix for every route, e.g. /mlflow.")
-@click.option("--log-level", default=None, help="Log level (debug, info, warning, error).")
-@click.option("--access-log/--no-access-log", default=None, help="Log every request.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log line format.")
-@click.option("--shutdown-grace", type=int, default=None, help="Seconds in-flight transfers get to finish on stop.")
-@click.option("--max-upload-size", type=int, default=None, help="Refuse proxied uploads above this many bytes (413).")
-@click.option("--auth-config", default=None, help="TOML file of users, tokens and path rules; turns auth on.")
-@click.option("--audit-log", default=None, help="Write one JSON audit line per operation to this file ('-': stdout).")
-@click.option("--artifacts-only", is_flag=True, help="Accepted for compatibility: artifacts are always served.")
-@click.option("--serve-artifacts/--no-serve-artifacts", default=True, help="Accepted for compatibility.")
-@click.option("--backend-store-uri", default=None, hidden=True, help="Ignored: this server keeps no tracking data.")
-@click.option("--default-artifact-root", default=None, hidden=True, help="Ignored: use --artifacts-destination.")
+@_settings_options
+@mlflow_flags.mlflow_only_options
 def server(**flags: object) -> None:
-    """Serve the mlflow-artifacts API."""
-    for ignored in ("backend_store_uri", "default_artifact_root"):
-        if flags.get(ignored):
-            click.echo(f"note: --{ignored.replace('_', '-')} is ignored by artifact-proxy", err=True)
-    if flags.get("serve_artifacts") is False:
-        click.echo("note: --no-serve-artifacts is ignored: artifact-proxy always serves artifacts", err=True)
-    for name, env in FLAG_ENV.items():
-        value = flags.get(name)
+    """Serve the mlflow-artifacts API. Every setting, flags or not: `artifact-proxy settings --markdown`."""
+    refused = mlflow_flags.refusal(flags)
+    if refused:
+        raise click.UsageError(refused)
+    notes = mlflow_flags.notes(flags)
+    for name, value in flags.items():
         if value is not None:
-            os.environ[env] = str(value).lower() if isinstance(value, bool) else str(value)
+            os.environ[env_names(Settings, name)[0]] = str(value).lower() if isinstance(value, bool) else str(value)
     try:
         settings = Settings()
-        asyncio.run(_preflight(open_store(settings.artifacts_destination, settings)))
+        if not settings.signing_secret:
+            # Shared with the workers through the environment, as every setting is.
+            os.environ["ARTIFACT_PROXY_SIGNING_SECRET"] = secrets.token_hex(32)
+            settings = Settings()
+            notes.append(SECRET_NOTE)
+        store = open_store(settings.artifacts_destination, settings)
+        if not store.capabilities.signs_own_urls and SECRET_NOTE in notes:
+            notes.remove(SECRET_NOTE)  # storage presigns its own URLs: the key is never used
+        asyncio.run(_preflight(store))
     except (StoreConfigError, ValueError, ArtifactProxyError) as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         where = redacted(settings.artifacts_destination)
         raise click.ClickException(f"cannot prepare the artifacts destination {where}: {exc}") from exc
-    run(settings)
+    run(settings, notes)
 
 
 async def _preflight(store: ArtifactStore) -> None:
@@ -96,6 +121,19 @@ async def _preflight(store: ArtifactStore) -> None:
     status 1 before any worker starts (a worker failing in its lifespan would only be restarted, or exit 0)."""
     await store.start()
     await store.close()
+
+
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="Print the reference of every setting (the README's table).")
+def settings_command(markdown: bool) -> None:
+    """Print every setting's value as this environment resolves it (secrets hidden)."""
+    if markdown:
+        click.echo(reference({name: decls[-1] for name, decls in SERVER_FLAGS.items()}), nl=False)
+        return
+    try:
+        click.echo("\n".join(effective_settings(Settings())))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("hash-password")
@@ -111,8 +149,6 @@ def hash_password_command(password: str) -> None:
 @click.argument("token", required=False)
 def hash_token_command(token: str | None) -> None:
     """Print the stored form of a bearer token (a new random token is made and shown when none is given)."""
-    import secrets
-
     from app.auth import hash_token
 
     if token is None:
@@ -121,12 +157,14 @@ def hash_token_command(token: str | None) -> None:
     click.echo(f"stored: {hash_token(token)}")
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, notes: list[str]) -> None:
     config = log_config(settings.log_level, settings.log_format, settings.audit_log)
     logging.config.dictConfig(config)
+    for note in notes:
+        logger.warning("%s", note)
     workers = settings.workers or default_workers()
     if settings.metrics and workers > 1:
-        _prepare_multiprocess_metrics()
+        _prepare_multiprocess_metrics(settings.metrics_dir)
     uvicorn.run(
         "app.main:create_app_from_env",
         factory=True,
@@ -144,9 +182,9 @@ def run(settings: Settings) -> None:
     )
 
 
-def _prepare_multiprocess_metrics() -> None:
+def _prepare_multiprocess_metrics(directory: str | None) -> None:
     # Every worker writes its samples here, so any worker's /metrics reports the whole server.
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="artifact-proxy-metrics-")
+    directory = directory or tempfile.mkdtemp(prefix="artifact-proxy-metrics-")
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
         if name.endswith(".db"):

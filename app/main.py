@@ -97,15 +97,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(multipart.routes(prefix))
         app.router.routes.extend(signed.routes(prefix))
     app.router.routes.extend(meta.routes(settings))
-    app.add_middleware(
-        SecurityMiddleware,
-        allowed_hosts=Settings.split_list(settings.allowed_hosts),
-        allowed_origins=Settings.split_list(settings.cors_allowed_origins),
-        loopback_only=is_loopback(settings.host),
-        probe_paths=frozenset(
-            {"/health", "/ready", f"{settings.static_prefix}/health", f"{settings.static_prefix}/ready"}
-        ),
-    )
+    if settings.disable_security_middleware:
+        logger.warning("security middleware disabled: no Host or origin checks, no security headers")
+    else:
+        app.add_middleware(
+            SecurityMiddleware,
+            allowed_hosts=Settings.split_list(settings.allowed_hosts),
+            allowed_origins=Settings.split_list(settings.cors_allowed_origins),
+            loopback_only=is_loopback(settings.host),
+            probe_paths=frozenset(
+                {"/health", "/ready", f"{settings.static_prefix}/health", f"{settings.static_prefix}/ready"}
+            ),
+            frame_options=settings.x_frame_options,
+        )
     if settings.metrics:
         app.router.routes.append(Route(f"{settings.static_prefix}/metrics", metrics_endpoint, methods=["GET"]))
     app.add_middleware(RequestObserver, access_log=settings.access_log)  # sees every final status

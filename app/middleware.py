@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"SAMEORIGIN")]
 STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 LOCAL_ORIGIN_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 LOOPBACK_HOSTS = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[[]::1]:*"]
@@ -52,8 +51,12 @@ class SecurityMiddleware:
         allowed_origins: list[str] | None = None,
         loopback_only: bool = False,
         probe_paths: frozenset[str] = frozenset(),
+        frame_options: str = "SAMEORIGIN",
     ) -> None:
         self.app = app
+        # MLflow's --x-frame-options: NONE sends no header, for a UI embedded in another origin's frames.
+        frame = [] if frame_options.upper() == "NONE" else [(b"x-frame-options", frame_options.upper().encode())]
+        self.headers = [(b"x-content-type-options", b"nosniff"), *frame]
         # Orchestrators probe by the pod's address, whatever the allow-list says; probes change nothing.
         self.probe_paths = probe_paths
         self.allowed_hosts = [h.lower() for h in allowed_hosts or (LOOPBACK_HOSTS if loopback_only else [])]
@@ -100,7 +103,7 @@ class SecurityMiddleware:
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
-                        *SECURITY_HEADERS,
+                        *self.headers,
                     ],
                 }
             )
@@ -109,7 +112,7 @@ class SecurityMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                message["headers"] = [*message.get("headers", []), *self.headers]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -171,6 +171,11 @@ class Settings(Branch):
     public_url: str | None = Field(
         None, validation_alias=ours("public_url"), description="Base URL clients reach, for self-signed URLs"
     )
+    artifacts_presigned_only: bool = Field(
+        False,
+        validation_alias=ours("artifacts_presigned_only", "MLFLOW_ARTIFACTS_PRESIGNED_ONLY"),
+        description="Refuse proxied uploads and downloads (403): clients must use multipart and presigned URLs",
+    )
     presigned_only_min_size: Bytes | None = Field(
         None,
         ge=0,
@@ -189,6 +194,13 @@ class Settings(Branch):
     azure: AzureSettings = Field(default_factory=AzureSettings)
     sftp: SFTPSettings = Field(default_factory=SFTPSettings)
     ftp: FTPSettings = Field(default_factory=FTPSettings)
+
+    @field_validator("x_frame_options")
+    @classmethod
+    def _known_frame_option(cls, value: str) -> str:
+        if value.upper() not in ("SAMEORIGIN", "DENY", "NONE"):
+            raise ValueError("--x-frame-options must be SAMEORIGIN, DENY or NONE")
+        return value.upper()
 
     @field_validator("static_prefix")
     @classmethod

@@ -6,27 +6,52 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tests.servers import free_port
-from tests.utils.proxy import running_proxy
+from tests.utils.proxy import Proxy, running_proxy
 
 
-def test_without_a_secret_presigning_is_off_and_says_so(tmp_path: Path) -> None:
+def _upload(proxy: Proxy, path: str, parts: list[bytes]) -> dict[str, Any]:
+    directory, name = path.rsplit("/", 1)
+    created = httpx.post(f"{proxy.api}/mpu/create/{directory}", json={"path": name, "num_parts": len(parts)})
+    assert created.status_code == 200, created.text
+    body: dict[str, Any] = created.json()
+    done = []
+    for credential, data in zip(body["credentials"], parts, strict=True):
+        put = httpx.put(credential["url"], content=data)
+        assert put.status_code == 200, put.text
+        done.append({"part_number": credential["part_number"], "etag": put.headers["etag"]})
+    complete = {"path": name, "upload_id": body["upload_id"], "parts": done}
+    assert httpx.post(f"{proxy.api}/mpu/complete/{directory}", json=complete).status_code == 200
+    return body
+
+
+def test_without_a_secret_each_launch_signs_with_its_own_random_key(tmp_path: Path) -> None:
+    """`make run` offers multipart and presigned downloads: the CLI makes a key and gives it to every worker (two
+    here: a part URL signed by one is honoured by the other), and says in the log why replicas need a real one."""
     env = {"ARTIFACT_PROXY_SIGNING_SECRET": ""}
-    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
+    parts = [bytes([n]) * 1000 for n in range(8)]
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env, workers=2) as proxy:
         info = httpx.get(f"{proxy.url}/api/3.0/mlflow/server-info").json()
-        assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (False, False)
-        create = httpx.post(f"{proxy.api}/mpu/create/d", json={"path": "x.bin", "num_parts": 1})
-        assert create.status_code == 501
-        assert create.json() == {
-            "error_code": "NOT_IMPLEMENTED",
-            "message": "Multipart upload is not supported for the current artifact repository",
-        }
-        presigned = httpx.get(f"{proxy.api}/presigned/x.bin")
-        assert presigned.status_code == 501
-        assert presigned.json()["message"].startswith("Multipart download is not supported")
+        assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (True, True)
+        _upload(proxy, "d/m.bin", parts)
+        signed = httpx.get(f"{proxy.api}/presigned/d/m.bin").json()
+        assert httpx.get(signed["url"]).content == b"".join(parts)
+        assert proxy.log().count("ARTIFACT_PROXY_SIGNING_SECRET is not set") == 1
+    with running_proxy(str(tmp_path / "root"), tmp_path / "again", env=env) as restarted:
+        # Another launch, another key: the URL signed before the restart is refused, not honoured.
+        old = signed["url"].replace(proxy.url, restarted.url)
+        assert httpx.get(old).status_code == 403
+        assert httpx.get(httpx.get(f"{restarted.api}/presigned/d/m.bin").json()["url"]).status_code == 200
+
+
+def test_a_configured_secret_is_used_and_not_reported(tmp_path: Path) -> None:
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy") as proxy:  # running_proxy configures one
+        _upload(proxy, "d/m.bin", [b"x" * 10])
+        assert "ARTIFACT_PROXY_SIGNING_SECRET is not set" not in proxy.log()
 
 
 def test_placeholder_secret_is_refused_at_startup(tmp_path: Path) -> None:
