@@ -20,7 +20,7 @@ from app.errors import (
     PayloadTooLarge,
     UploadStalled,
 )
-from app.paths import ArtifactPath
+from app.paths import EntryPath
 from app.settings import Settings
 from app.storage.base import ArtifactStore
 
@@ -79,7 +79,7 @@ async def counted_body(
         raise IncompleteBody(f"Request body ended after {received} of {announced} bytes")
 
 
-async def refuse_existing(store: ArtifactStore, path: ArtifactPath) -> None:
+async def refuse_existing(store: ArtifactStore, path: EntryPath) -> None:
     """Refuse a create-only upload before its body is read; the backend's atomic condition still settles races."""
     try:
         await store.head(path)

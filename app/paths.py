@@ -43,8 +43,25 @@ class ArtifactPath:
     def basename(self) -> str:
         return self.canonical.rsplit("/", 1)[-1]
 
-    def child(self, name: str) -> ArtifactPath:
-        return ArtifactPath(f"{self.canonical}/{name}" if self.canonical else name)
+    def child(self, name: str) -> EntryPath:
+        return EntryPath(f"{self.canonical}/{name}" if self.canonical else name)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPath(ArtifactPath):
+    """A path below the root, naming a file or a directory: what stores read, write, delete and upload to. The root
+    is refused once, where a route turns a request into one of these, so no backend has to refuse it again."""
+
+    def __post_init__(self) -> None:
+        if not self.canonical:
+            raise ValueError("an EntryPath is never the root")
+
+
+def entry_path(path: ArtifactPath, refusal: Exception) -> EntryPath:
+    """`path` as an entry below the root; `refusal` is raised for the root itself."""
+    if path.is_root:
+        raise refusal
+    return path if isinstance(path, EntryPath) else EntryPath(path.canonical, path.trailing_slash)
 
 
 def fully_decode(raw: str) -> str:
@@ -82,15 +99,16 @@ def canonical_path(raw: str | None) -> ArtifactPath:
     return ArtifactPath(canonical, trailing_slash=value.endswith("/") and bool(kept))
 
 
-def file_path(raw: str | None) -> ArtifactPath:
+def file_path(raw: str | None) -> EntryPath:
     """A path that must name a file (PUT): not the root and not ending in `/`."""
     path = canonical_path(raw)
-    if path.is_root or path.trailing_slash or (raw or "").endswith("/"):
-        raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
-    return path
+    refusal = InvalidParameter("Artifact path must include a filename (cannot end with '/').")
+    if path.trailing_slash or (raw or "").endswith("/"):
+        raise refusal
+    return entry_path(path, refusal)
 
 
-def multipart_target(directory_raw: str | None, body_path: str | None) -> ArtifactPath:
+def multipart_target(directory_raw: str | None, body_path: str | None) -> EntryPath:
     """The key a multipart upload writes: the URL directory plus only the basename of the client's local path."""
     if not body_path:
         raise InvalidParameter("Missing value for required parameter 'path'")
@@ -99,4 +117,5 @@ def multipart_target(directory_raw: str | None, body_path: str | None) -> Artifa
         raise InvalidPath()
     _check_segment(basename)
     directory = canonical_path(directory_raw)
-    return canonical_path(directory.child(basename).canonical)
+    target = canonical_path(directory.child(basename).canonical)  # the whole path's limits (length) still apply
+    return entry_path(target, InvalidPath())

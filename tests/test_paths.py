@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import InvalidParameter, InvalidPath
-from app.paths import canonical_path, file_path, multipart_target
+from app.paths import EntryPath, canonical_path, entry_path, file_path, multipart_target
 
 
 @pytest.mark.parametrize(
@@ -93,3 +93,24 @@ def test_multipart_target_uses_only_the_basename(directory: str, body_path: str,
 def test_multipart_target_rejects_bad_basenames(body_path: str | None) -> None:
     with pytest.raises(InvalidParameter):
         multipart_target("d", body_path)
+
+
+def test_the_root_is_never_an_entry() -> None:
+    """Stores take an EntryPath for what they read, write, delete and upload to, so none of them refuses the root
+    itself: the type cannot hold it, and every way to make one from a request refuses it."""
+    with pytest.raises(ValueError):
+        EntryPath("")
+    refusal = InvalidParameter("Refusing to delete the artifact root")
+    for raw in ("", ".", "./", "a/..%2f", "%2e"):
+        try:
+            path = canonical_path(raw)
+        except InvalidPath:
+            continue
+        with pytest.raises(InvalidParameter):
+            entry_path(path, refusal)
+    for raw in ("", "/", ".", "./"):
+        with pytest.raises((InvalidParameter, InvalidPath)):
+            file_path(raw)
+    assert isinstance(multipart_target("", "C/model.bin"), EntryPath)
+    assert entry_path(canonical_path("a/b/"), refusal) == EntryPath("a/b", trailing_slash=True)
+    assert canonical_path("a").child("b") == EntryPath("a/b")

@@ -23,9 +23,9 @@ from app.deps import (
     store_of,
 )
 from app.downloads import ReadHandleResponse, plan_download
-from app.errors import InvalidParameter, PayloadTooLarge, error_response
+from app.errors import InvalidParameter, IsADirectoryArtifact, PayloadTooLarge, error_response
 from app.integrity import DigestingStream, expected_digests, repr_digest
-from app.paths import ArtifactPath, canonical_path, file_path
+from app.paths import EntryPath, canonical_path, entry_path, file_path
 from app.schemas import list_json
 from app.settings import Settings
 from app.storage.base import ArtifactStore, WriteOptions, supports_multipart_upload
@@ -36,10 +36,10 @@ logger = logging.getLogger("artifact_proxy.artifacts")
 async def download(request: Request) -> Response:
     path = canonical_path(request.path_params["path"])
     await authorize(request, Operation.READ, path)
-    return await serve_download(request, path)
+    return await serve_download(request, entry_path(path, IsADirectoryArtifact(path.canonical)))
 
 
-async def serve_download(request: Request, path: ArtifactPath) -> Response:
+async def serve_download(request: Request, path: EntryPath) -> Response:
     if request.method == "HEAD":
         status, headers, _ = plan_download(request.headers, path, await store_of(request).head(path))
         if status == 416:
@@ -116,9 +116,8 @@ async def list_artifacts(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    path = canonical_path(request.path_params["path"])
-    if path.is_root:
-        raise InvalidParameter("Refusing to delete the artifact root: give a path below it")
+    refusal = InvalidParameter("Refusing to delete the artifact root: give a path below it")
+    path = entry_path(canonical_path(request.path_params["path"]), refusal)
     await authorize(request, Operation.DELETE, path)
     await store_of(request).delete(path)
     return Response(EMPTY_JSON, media_type="application/json")

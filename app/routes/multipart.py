@@ -18,8 +18,14 @@ from starlette.routing import Route
 
 from app.auth import Operation, authenticate, authorize
 from app.deps import EMPTY_JSON, announced_length, counted_body, refuse_existing, settings_of, store_of
-from app.errors import InvalidParameter, MultipartUploadUnsupported, PayloadTooLarge, PresignedDownloadUnsupported
-from app.paths import ArtifactPath, canonical_path, multipart_target
+from app.errors import (
+    InvalidParameter,
+    IsADirectoryArtifact,
+    MultipartUploadUnsupported,
+    PayloadTooLarge,
+    PresignedDownloadUnsupported,
+)
+from app.paths import EntryPath, canonical_path, entry_path, multipart_target
 from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
 from app.signing import trusted_base_url
 from app.storage.base import (
@@ -118,7 +124,7 @@ def _num_parts(value: object) -> int:
     return parts
 
 
-async def _target(request: Request, body_path: str | None) -> ArtifactPath:
+async def _target(request: Request, body_path: str | None) -> EntryPath:
     target = multipart_target(request.path_params.get("path", ""), body_path)
     await authorize(request, Operation.WRITE, target)
     return target
@@ -172,7 +178,7 @@ async def presigned_download(request: Request) -> Response:
     if base is None:
         raise PresignedDownloadUnsupported()
     assert isinstance(store, PresignedDownloads)
-    signed = await store.presign_download(path)
+    signed = await store.presign_download(entry_path(path, IsADirectoryArtifact(path.canonical)))
     body: dict[str, object] = {"url": base + signed.url, "headers": signed.headers}
     if signed.file_size is not None:
         body["file_size"] = signed.file_size

@@ -15,9 +15,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.deps import EMPTY_JSON, announced_length, counted_body, refuse_announced, settings_of, store_of
-from app.errors import ResourceNotFound, error_response
+from app.errors import IsADirectoryArtifact, ResourceNotFound, error_response
 from app.metrics import AUDIT_KEY
-from app.paths import canonical_path
+from app.paths import canonical_path, entry_path
 from app.routes.artifacts import serve_download
 from app.signing import DOWNLOAD_ROUTE, PART_ROUTE
 from app.storage.base import SelfSignedTransfers, signs_own_urls
@@ -65,7 +65,7 @@ async def signed_download(request: Request) -> Response:
     store.signer.verify(
         "download", (path.canonical,), request.query_params.get("expires"), request.query_params.get("sig")
     )
-    return await serve_download(request, path)
+    return await serve_download(request, entry_path(path, IsADirectoryArtifact(path.canonical)))
 
 
 def routes(prefix: str) -> list[Route]:

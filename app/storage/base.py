@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from app.errors import PayloadTooLarge
-from app.paths import ArtifactPath
+from app.paths import ArtifactPath, EntryPath
 from app.signing import UrlSigner
 
 
@@ -136,31 +136,31 @@ class ArtifactStore(Protocol):
     async def check_ready(self) -> None:
         """Raise an `ArtifactProxyError` when the store cannot currently serve requests."""
 
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
+    async def head(self, path: EntryPath) -> ObjectMeta:
         """The object's metadata without opening it for reading; the errors of `open_read`. HEAD requests and
         create-only checks use it, so neither reads (or holds) anything they would throw away."""
 
-    async def open_read(self, path: ArtifactPath) -> ReadHandle: ...
+    async def open_read(self, path: EntryPath) -> ReadHandle: ...
 
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         """Store the bytes of `chunks` at `path` atomically; `size` is the announced length when known."""
 
     async def list(self, path: ArtifactPath) -> list[FileInfo]: ...
 
-    async def delete(self, path: ArtifactPath) -> None: ...
+    async def delete(self, path: EntryPath) -> None: ...
 
 
 @runtime_checkable
 class MultipartUploads(Protocol):
     """Presigned multipart: the client sends parts straight to storage with URLs the service signs."""
 
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload: ...
+    async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload: ...
 
     async def complete_multipart_upload(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: list[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
@@ -168,12 +168,12 @@ class MultipartUploads(Protocol):
         """Make the uploaded parts the object at `path`. A retried complete whose first attempt succeeded succeeds
         again, and is told apart from a refusal by what the object is (its ETag, upload id or blocks)."""
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None: ...
+    async def abort_multipart_upload(self, path: EntryPath, upload_id: str | None) -> None: ...
 
 
 @runtime_checkable
 class PresignedDownloads(Protocol):
-    async def presign_download(self, path: ArtifactPath) -> PresignedUrl: ...
+    async def presign_download(self, path: EntryPath) -> PresignedUrl: ...
 
 
 @runtime_checkable

@@ -192,14 +192,6 @@ async def test_delete_is_idempotent(store: ArtifactStore) -> None:
     assert await store.list(p("")) == []
 
 
-@every_backend
-async def test_delete_of_the_root_is_refused(store: ArtifactStore) -> None:
-    await put(store, "kept.txt", b"kept")
-    with pytest.raises(InvalidParameter):
-        await store.delete(p(""))
-    assert await read_all(store, "kept.txt") == b"kept"
-
-
 # missing paths and directories ---------------------------------------------------------------------------------------
 @every_backend
 async def test_open_read_of_missing_path_and_of_directory(store: ArtifactStore) -> None:

@@ -11,7 +11,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from app.errors import IsADirectoryArtifact, StorageUnavailable
-from app.paths import ArtifactPath
+from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage import StoreConfigError
 from app.storage.azure.config import parse_wasbs
@@ -112,10 +112,8 @@ class AzureClient:
         return self.container.get_blob_client(self.blob_name(path))
 
     # properties ----------------------------------------------------------------------------------------------------
-    async def meta(self, path: ArtifactPath) -> ObjectMeta:
+    async def meta(self, path: EntryPath) -> ObjectMeta:
         """The blob's size, ETag, time and recorded digest; a missing blob with blobs below it is a directory."""
-        if path.is_root:
-            raise IsADirectoryArtifact(path.canonical)
         with storage_errors("read", path.canonical):
             try:
                 props = await self.blob(path).get_blob_properties()

@@ -15,7 +15,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob.aio import BlobClient
 
 from app.errors import AlreadyExists, InvalidParameter, MultipartUploadUnsupported, ResourceNotFound
-from app.paths import ArtifactPath
+from app.paths import EntryPath
 from app.settings import Settings
 from app.storage.azure.blocks import MAX_BLOCKS, block_list, encoded_id, expected_block_ids, part_block_id
 from app.storage.azure.client import AzureClient
@@ -32,7 +32,7 @@ class BlockListUploads:
     def __init__(self, client: AzureClient, signer: SasSigner, settings: Settings) -> None:
         self._client, self._signer, self._settings = client, signer, settings
 
-    async def create(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         if not 1 <= num_parts <= MAX_BLOCKS:
             raise InvalidParameter(f"Invalid value {num_parts} for parameter 'num_parts': Azure allows 1..{MAX_BLOCKS}")
         ttl = self._settings.multipart_url_ttl
@@ -45,7 +45,7 @@ class BlockListUploads:
         return CreatedMultipartUpload(upload_id=None, credentials=credentials)
 
     async def complete(
-        self, path: ArtifactPath, parts: Sequence[CompletedPart], options: CompleteOptions = DEFAULT_COMPLETE
+        self, path: EntryPath, parts: Sequence[CompletedPart], options: CompleteOptions = DEFAULT_COMPLETE
     ) -> None:
         block_ids = expected_block_ids(parts)
         blob = self._client.blob(path)

@@ -13,8 +13,8 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import BlobPrefix
 
 from app.downloads import content_disposition
-from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
-from app.paths import TEMP_PREFIX, ArtifactPath
+from app.errors import MultipartUploadUnsupported, PresignedDownloadUnsupported
+from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.azure.client import AzureClient
 from app.storage.azure.errors import error_code, storage_errors
@@ -63,18 +63,16 @@ class AzureBlobStore:
         await self.client.check_ready()
 
     # read and write ------------------------------------------------------------------------------------------------
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
+    async def head(self, path: EntryPath) -> ObjectMeta:
         return await self.client.meta(path)
 
-    async def open_read(self, path: ArtifactPath) -> AzureReadHandle:
+    async def open_read(self, path: EntryPath) -> AzureReadHandle:
         meta = await self.client.meta(path)
         return AzureReadHandle(self.client.blob(path), meta, path.canonical)
 
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
-        if path.is_root:
-            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
         await self._writer.write(path, chunks, size, options)
 
     # list ----------------------------------------------------------------------------------------------------------
@@ -91,9 +89,7 @@ class AzureBlobStore:
         return infos
 
     # delete --------------------------------------------------------------------------------------------------------
-    async def delete(self, path: ArtifactPath) -> None:
-        if path.is_root:
-            raise InvalidParameter("Refusing to delete the artifact root")
+    async def delete(self, path: EntryPath) -> None:
         name = self.client.blob_name(path)
         with storage_errors("delete", path.canonical):
             await self._delete_blob(name)
@@ -114,27 +110,27 @@ class AzureBlobStore:
                 raise
 
     # presigned multipart -------------------------------------------------------------------------------------------
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         if not self.capabilities.multipart_upload:
             raise MultipartUploadUnsupported()
         return await self._uploads.create(path, num_parts)
 
     async def complete_multipart_upload(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: Sequence[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         await self._uploads.complete(path, parts, options)  # no upload id: the blob and its block ids are the upload
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort_multipart_upload(self, path: EntryPath, upload_id: str | None) -> None:
         # Uncommitted blocks are invisible, and Azure has no call to drop them: they go with the blob's next commit,
         # or after 7 days. A refused complete (too large, or create-only against an existing blob) leaves them too.
         return None
 
     # presigned download --------------------------------------------------------------------------------------------
-    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+    async def presign_download(self, path: EntryPath) -> PresignedUrl:
         if not self.capabilities.presigned_download:
             raise PresignedDownloadUnsupported()
         meta = await self.client.meta(path)

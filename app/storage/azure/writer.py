@@ -15,7 +15,7 @@ from azure.core import MatchConditions
 from azure.storage.blob.aio import BlobClient
 
 from app.errors import PayloadTooLarge
-from app.paths import ArtifactPath
+from app.paths import EntryPath
 from app.storage.azure.blocks import MAX_BLOCKS, PROXY_ID, block_list
 from app.storage.azure.client import AzureClient
 from app.storage.azure.errors import storage_errors
@@ -30,7 +30,7 @@ class BlockWriter:
         self._client, self._block_size = client, block_size
 
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions
     ) -> None:
         block_size = self._block_size
         if size is not None and size > block_size * MAX_BLOCKS:

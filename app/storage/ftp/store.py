@@ -19,8 +19,8 @@ import posixpath
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from app.errors import InvalidParameter, IsADirectoryArtifact, StorageMisconfigured, StorageTimeout, StorageUnavailable
-from app.paths import ArtifactPath
+from app.errors import StorageMisconfigured, StorageTimeout, StorageUnavailable
+from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
 from app.storage.ftp.commands import FTPCommands
@@ -78,19 +78,15 @@ class FTPStore:
         await self._connection.run("checking the root", self.root, op)
 
     # read and write ------------------------------------------------------------------------------------------------
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
+    async def head(self, path: EntryPath) -> ObjectMeta:
         return (await self.open_read(path)).meta  # opening is a single MLST: nothing is held open
 
-    async def open_read(self, path: ArtifactPath) -> FTPReadHandle:
-        if path.is_root:
-            raise IsADirectoryArtifact(path.canonical)
+    async def open_read(self, path: EntryPath) -> FTPReadHandle:
         return await self._downloads.open(remote_path(self.root, path), path.canonical)
 
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
-        if path.is_root:
-            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
         await self._uploads.write(remote_path(self.root, path), path.canonical, chunks, options.create_only)
 
     # list ----------------------------------------------------------------------------------------------------------
@@ -103,9 +99,7 @@ class FTPStore:
         return await self._connection.run("listing", path.canonical, op)
 
     # delete --------------------------------------------------------------------------------------------------------
-    async def delete(self, path: ArtifactPath) -> None:
-        if path.is_root:
-            raise InvalidParameter("Refusing to delete the artifact root")
+    async def delete(self, path: EntryPath) -> None:
         remote = remote_path(self.root, path)
 
         async def op(lease: Lease) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 from gcloud.aio.storage import Storage
 
 from app.errors import ArtifactNotFound, IsADirectoryArtifact, StorageMisconfigured
-from app.paths import ArtifactPath
+from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.gcs.config import PUBLIC_ENDPOINT
 from app.storage.gcs.errors import storage_errors
@@ -119,10 +119,8 @@ class GCSClient:
         return resp
 
     # objects -------------------------------------------------------------------------------------------------------
-    async def stat(self, path: ArtifactPath) -> dict[str, Any]:
+    async def stat(self, path: EntryPath) -> dict[str, Any]:
         """The object's metadata resource; a missing object with objects below it is a directory."""
-        if path.is_root:
-            raise IsADirectoryArtifact(path.canonical)
         try:
             with self.errors("reading object metadata", path):
                 return await self.storage.download_metadata(

@@ -30,7 +30,7 @@ from app.errors import (
     PayloadTooLarge,
     ResourceNotFound,
 )
-from app.paths import TEMP_PREFIX, ArtifactPath
+from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.base import DEFAULT_COMPLETE, CompletedPart, CompleteOptions, CreatedMultipartUpload, PartCredential
 from app.storage.gcs.client import OCTET, GCSClient, bounded, logger
@@ -50,12 +50,12 @@ class ComposedUploads:
     def __init__(self, client: GCSClient, signer: URLSigner | None, settings: Settings) -> None:
         self._client, self._signer, self._settings = client, signer, settings  # no signer: no part URLs
 
-    def _staging(self, path: ArtifactPath, upload_id: str) -> str:
+    def _staging(self, path: EntryPath, upload_id: str) -> str:
         # Bound to the key as well as the id: completing an upload under another path finds nothing.
         key_hash = hashlib.sha256(path.canonical.encode()).hexdigest()[:32]
         return f"{self._client.dir_prefix(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/{key_hash}/"
 
-    async def create(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         if self._signer is None:
             raise MultipartUploadUnsupported()
         upload_id = secrets.token_hex(16)
@@ -68,7 +68,7 @@ class ComposedUploads:
 
     async def complete(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: Sequence[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
@@ -108,7 +108,7 @@ class ComposedUploads:
         except ArtifactProxyError:
             logger.warning("could not remove the staging objects of upload %s", upload_id)
 
-    async def _completed_by(self, path: ArtifactPath, upload_id: str) -> bool:
+    async def _completed_by(self, path: EntryPath, upload_id: str) -> bool:
         try:
             data = await self._client.stat(path)
         except (ArtifactNotFound, IsADirectoryArtifact):
@@ -116,7 +116,7 @@ class ComposedUploads:
         return bool((data.get("metadata") or {}).get(UPLOAD_ID_KEY) == upload_id)
 
     async def _compose_tree(
-        self, path: ArtifactPath, sources: list[str], staging: str, upload_id: str, options: CompleteOptions
+        self, path: EntryPath, sources: list[str], staging: str, upload_id: str, options: CompleteOptions
     ) -> None:
         level = 0
         while len(sources) > COMPOSE_LIMIT:  # at most 32 sources per call: compose groups, then the groups
@@ -155,7 +155,7 @@ class ComposedUploads:
             )
             resp.release()
 
-    async def abort(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort(self, path: EntryPath, upload_id: str | None) -> None:
         if upload_id and UPLOAD_ID.match(upload_id):  # anything else names no upload: nothing to abort
             await self._client.delete_prefix(self._staging(path, upload_id))
 

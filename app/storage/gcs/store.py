@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from app.downloads import content_disposition
-from app.errors import InvalidParameter, MultipartUploadUnsupported, PresignedDownloadUnsupported
-from app.paths import TEMP_PREFIX, ArtifactPath
+from app.errors import MultipartUploadUnsupported, PresignedDownloadUnsupported
+from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage import StoreConfigError
 from app.storage.base import (
@@ -72,18 +72,16 @@ class GCSStore:
         await self.client.check_ready()
 
     # read and write ------------------------------------------------------------------------------------------------
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
+    async def head(self, path: EntryPath) -> ObjectMeta:
         return _meta(await self.client.stat(path))
 
-    async def open_read(self, path: ArtifactPath) -> GCSReadHandle:
+    async def open_read(self, path: EntryPath) -> GCSReadHandle:
         data = await self.client.stat(path)
         return GCSReadHandle(self.client, path, _meta(data), data.get("generation"), self._read_chunk)
 
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
-        if path.is_root:
-            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
         await self._writer.write(path, chunks, options)  # the size is not needed: the last chunk tells GCS the total
 
     # list and delete -----------------------------------------------------------------------------------------------
@@ -99,32 +97,30 @@ class GCSStore:
         infos.sort(key=lambda info: info.path)  # GCS orders whole names (files, then prefixes): not our order
         return infos
 
-    async def delete(self, path: ArtifactPath) -> None:
-        if path.is_root:
-            raise InvalidParameter("Refusing to delete the artifact root")
+    async def delete(self, path: EntryPath) -> None:
         await self.client.delete_objects([self.client.object_name(path)])
         await self.client.delete_prefix(self.client.dir_prefix(path))
 
     # presigned multipart -------------------------------------------------------------------------------------------
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         if not self.capabilities.multipart_upload:
             raise MultipartUploadUnsupported()
         return await self._uploads.create(path, num_parts)
 
     async def complete_multipart_upload(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: Sequence[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         await self._uploads.complete(path, upload_id, parts, options)
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort_multipart_upload(self, path: EntryPath, upload_id: str | None) -> None:
         await self._uploads.abort(path, upload_id)
 
     # presigned download --------------------------------------------------------------------------------------------
-    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+    async def presign_download(self, path: EntryPath) -> PresignedUrl:
         if not self.capabilities.presigned_download or self._signer is None:
             raise PresignedDownloadUnsupported()
         data = await self.client.stat(path)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import anyio
 
 from app.errors import StorageUnavailable
-from app.paths import ArtifactPath
+from app.paths import ArtifactPath, EntryPath
 from app.storage.base import WriteOptions
 from app.storage.chunks import first_block
 from app.storage.gcs.client import OCTET, GCSClient, logger
@@ -23,7 +23,7 @@ class ObjectWriter:
     def __init__(self, client: GCSClient, block: int) -> None:
         self._client, self._block = client, block  # block: a multiple of 256 KiB, as resumable chunks must be
 
-    async def write(self, path: ArtifactPath, chunks: AsyncIterator[bytes], options: WriteOptions) -> None:
+    async def write(self, path: EntryPath, chunks: AsyncIterator[bytes], options: WriteOptions) -> None:
         client, block = self._client, self._block
         head, ended = await first_block(chunks, block)
         # ifGenerationMatch=0: the object may not exist yet, checked atomically by GCS at finalisation.

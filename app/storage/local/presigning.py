@@ -24,7 +24,7 @@ from urllib.parse import quote
 import anyio.to_thread
 
 from app.errors import AlreadyExists, InvalidParameter, PathOutsideRoot, PayloadTooLarge, ResourceNotFound
-from app.paths import ArtifactPath
+from app.paths import ArtifactPath, EntryPath
 from app.signing import DOWNLOAD_ROUTE, PART_ROUTE, UrlSigner
 from app.storage.base import (
     DEFAULT_COMPLETE,
@@ -62,7 +62,7 @@ class LocalPresigning:
         return os.path.join(self.files.real_root, STAGING_DIR, upload_id)
 
     # create -------------------------------------------------------------------------------------------------------
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         assert self.signer is not None
         upload_id = uuid.uuid4().hex
         await self.files.run(self._create_staging, path, upload_id)
@@ -76,7 +76,7 @@ class LocalPresigning:
         ]
         return CreatedMultipartUpload(upload_id=upload_id, credentials=credentials)
 
-    def _create_staging(self, path: ArtifactPath, upload_id: str) -> None:
+    def _create_staging(self, path: EntryPath, upload_id: str) -> None:
         # Fail now (400) on a directory, a file parent or a link out of the root; the parents appear at once, as
         # MLflow's own server makes them.
         self.files.check_target(path, create_parents=True)
@@ -119,7 +119,7 @@ class LocalPresigning:
     # complete / abort ---------------------------------------------------------------------------------------------
     async def complete_multipart_upload(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: list[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
@@ -127,7 +127,7 @@ class LocalPresigning:
         await self.files.run(self._assemble, path, upload_id, parts, options)
 
     def _assemble(
-        self, path: ArtifactPath, upload_id: str | None, parts: list[CompletedPart], options: CompleteOptions
+        self, path: EntryPath, upload_id: str | None, parts: list[CompletedPart], options: CompleteOptions
     ) -> None:
         self.files.check_target(path)  # containment first, so a link out of the root is a 400 whatever the upload id
         staging = self._staging(upload_id)
@@ -151,7 +151,7 @@ class LocalPresigning:
         finally:
             os.close(guard)
 
-    def _concatenate(self, path: ArtifactPath, upload_id: str, sources: list[str], options: CompleteOptions) -> None:
+    def _concatenate(self, path: EntryPath, upload_id: str, sources: list[str], options: CompleteOptions) -> None:
         temp = self.files.open_temp(path)
         try:
             for source in sources:
@@ -163,7 +163,7 @@ class LocalPresigning:
         # Create-only is settled by the link that publishes the file: of two racing completes, one wins.
         self.files.commit(temp, b"", WriteOptions(create_only=options.create_only))
 
-    def _completed_by(self, path: ArtifactPath, upload_id: str) -> bool:
+    def _completed_by(self, path: EntryPath, upload_id: str) -> bool:
         """Whether the file at `path` is the one this upload built: a refused upload's retry finds someone else's."""
         try:
             fd = self.files.dir.open(path.canonical, READ_FLAGS)
@@ -179,10 +179,10 @@ class LocalPresigning:
         finally:
             os.close(fd)
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort_multipart_upload(self, path: EntryPath, upload_id: str | None) -> None:
         await self.files.run(self._abort, path, upload_id)
 
-    def _abort(self, path: ArtifactPath, upload_id: str | None) -> None:
+    def _abort(self, path: EntryPath, upload_id: str | None) -> None:
         self.files.check_target(path)
         staging = self._staging(upload_id)
         try:
@@ -196,7 +196,7 @@ class LocalPresigning:
             os.close(guard)
 
     # presigned download -------------------------------------------------------------------------------------------
-    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+    async def presign_download(self, path: EntryPath) -> PresignedUrl:
         assert self.signer is not None
         handle: LocalReadHandle = await self.files.run(open_for_read, self.files, path)
         await handle.aclose()
@@ -223,7 +223,7 @@ def _read_target(staging: str) -> str:
         raise ResourceNotFound("No such multipart upload (completed, aborted or expired)") from exc
 
 
-def _check_bound(staging: str, path: ArtifactPath) -> None:
+def _check_bound(staging: str, path: EntryPath) -> None:
     if _read_target(staging) != path.canonical:
         raise ResourceNotFound(f"No multipart upload with this id for '{path.canonical}'")
 

@@ -22,8 +22,8 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import anyio.to_thread
 
-from app.errors import InvalidParameter, PathOutsideRoot, StorageUnavailable
-from app.paths import TEMP_PREFIX, ArtifactPath
+from app.errors import PathOutsideRoot, StorageUnavailable
+from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.signing import UrlSigner
 from app.storage.base import (
@@ -115,17 +115,17 @@ class LocalStore:
         return path if where is None or where == path.canonical else ArtifactPath(where)
 
     # read ---------------------------------------------------------------------------------------------------------
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
+    async def head(self, path: EntryPath) -> ObjectMeta:
         meta: ObjectMeta = await self.files.run(head_of, self.files, path)
         return meta
 
-    async def open_read(self, path: ArtifactPath) -> LocalReadHandle:
+    async def open_read(self, path: EntryPath) -> LocalReadHandle:
         handle: LocalReadHandle = await self.files.run(open_for_read, self.files, path)
         return handle
 
     # write --------------------------------------------------------------------------------------------------------
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         files = self.files
         if size is not None and self.settings.min_free_bytes:
@@ -151,7 +151,7 @@ class LocalStore:
         await files.run(files.commit, temp, b"", options)
 
     # presigning (`presigning`) -------------------------------------------------------------------
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         return await self._presigning.create_multipart_upload(path, num_parts)
 
     async def upload_target(self, upload_id: str) -> ArtifactPath:
@@ -162,17 +162,17 @@ class LocalStore:
 
     async def complete_multipart_upload(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: builtins.list[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         await self._presigning.complete_multipart_upload(path, upload_id, parts, options)
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort_multipart_upload(self, path: EntryPath, upload_id: str | None) -> None:
         await self._presigning.abort_multipart_upload(path, upload_id)
 
-    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+    async def presign_download(self, path: EntryPath) -> PresignedUrl:
         return await self._presigning.presign_download(path)
 
     # list ---------------------------------------------------------------------------------------------------------
@@ -222,9 +222,7 @@ class LocalStore:
         return FileInfo(entry.name, False, st.st_size) if stat.S_ISREG(st.st_mode) else None
 
     # delete -------------------------------------------------------------------------------------------------------
-    async def delete(self, path: ArtifactPath) -> None:
-        if path.is_root:
-            raise InvalidParameter("Refusing to delete the artifact root")
+    async def delete(self, path: EntryPath) -> None:
         await self.files.run(self._delete, path)
 
     def _delete(self, path: ArtifactPath) -> None:

@@ -19,7 +19,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from app.errors import ArtifactNotFound, ArtifactProxyError, IsADirectoryArtifact, ResourceNotFound
-from app.paths import ArtifactPath
+from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.base import ObjectMeta
 from app.storage.s3.config import parse_s3_uri
@@ -146,10 +146,8 @@ class S3Client:
             raise map_error(exc, op, where, path.canonical if path is not None else None) from exc
 
     # object metadata -----------------------------------------------------------------------------------------------
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
+    async def head(self, path: EntryPath) -> ObjectMeta:
         """The object's metadata; `IsADirectoryArtifact` for a prefix with keys below it, `ArtifactNotFound` else."""
-        if path.is_root:
-            raise IsADirectoryArtifact(path.canonical)
         try:
             with self.errors("HeadObject", path):
                 head = await self.sdk.head_object(Bucket=self.bucket, Key=self.key(path))

@@ -18,7 +18,7 @@ from app.errors import (
     PayloadTooLarge,
     ResourceNotFound,
 )
-from app.paths import ArtifactPath
+from app.paths import EntryPath
 from app.settings import Settings
 from app.storage.base import (
     DEFAULT_COMPLETE,
@@ -48,7 +48,7 @@ class S3Presigner:
         self._client, self._settings = client, settings
 
     # presigned multipart -------------------------------------------------------------------------------------------
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         upload_id = await self._client.create_upload(path)
         try:
             urls = [await self._presign_part(path, upload_id, number) for number in range(1, num_parts + 1)]
@@ -57,7 +57,7 @@ class S3Presigner:
             raise
         return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
 
-    async def _presign_part(self, path: ArtifactPath, upload_id: str, number: int) -> str:
+    async def _presign_part(self, path: EntryPath, upload_id: str, number: int) -> str:
         client = self._client
         params = {"Bucket": client.bucket, "Key": client.key(path), "UploadId": upload_id, "PartNumber": number}
         with client.errors("presign UploadPart", path):
@@ -68,7 +68,7 @@ class S3Presigner:
 
     async def complete_multipart_upload(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: Sequence[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
@@ -102,7 +102,7 @@ class S3Presigner:
             raise
 
     async def _check_uploaded_size(
-        self, path: ArtifactPath, upload_id: str, numbers: set[int], options: CompleteOptions
+        self, path: EntryPath, upload_id: str, numbers: set[int], options: CompleteOptions
     ) -> None:
         """Refuse (413) and abort an upload whose listed parts add up to more than the limit, as S3 lists them: the
         parts went straight to S3, so only their sizes there are known."""
@@ -124,7 +124,7 @@ class S3Presigner:
             await client.abort_quietly(path, upload_id)
             raise
 
-    async def _completed_from(self, path: ArtifactPath, etags: Sequence[str]) -> bool:
+    async def _completed_from(self, path: EntryPath, etags: Sequence[str]) -> bool:
         try:
             meta = await self._client.head(path)
         except (ArtifactNotFound, IsADirectoryArtifact):
@@ -132,11 +132,11 @@ class S3Presigner:
         expected = multipart_etag(etags)
         return expected is not None and meta.etag == expected
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort_multipart_upload(self, path: EntryPath, upload_id: str | None) -> None:
         await self._client.abort_upload(path, upload_id)  # idempotent, as the protocol asks
 
     # presigned download --------------------------------------------------------------------------------------------
-    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+    async def presign_download(self, path: EntryPath) -> PresignedUrl:
         client = self._client
         meta = await client.head(path)
         disposition = content_disposition(path.basename)

@@ -15,8 +15,7 @@ from typing import Any
 
 from botocore import exceptions as bce
 
-from app.errors import InvalidParameter
-from app.paths import TEMP_PREFIX, ArtifactPath
+from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.base import (
     DEFAULT_COMPLETE,
@@ -63,15 +62,15 @@ class S3Store:
         await self.client.check_ready()
 
     # read ----------------------------------------------------------------------------------------------------------
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
+    async def head(self, path: EntryPath) -> ObjectMeta:
         return await self.client.head(path)
 
-    async def open_read(self, path: ArtifactPath) -> S3ReadHandle:
+    async def open_read(self, path: EntryPath) -> S3ReadHandle:
         return S3ReadHandle(self.client, path, await self.client.head(path), self.settings.download_chunk_size)
 
     # write ---------------------------------------------------------------------------------------------------------
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
         part_size = part_size_for(size, self.config.part_size)
         head, ended = await first_part(chunks, part_size)
@@ -121,9 +120,7 @@ class S3Store:
         return infos
 
     # delete --------------------------------------------------------------------------------------------------------
-    async def delete(self, path: ArtifactPath) -> None:
-        if path.is_root:
-            raise InvalidParameter("Refusing to delete the artifact root")
+    async def delete(self, path: EntryPath) -> None:
         key, prefix = self.client.key(path), self.client.dir_prefix(path)
         batch: list[str] = []
         markers: set[str] = set()
@@ -154,22 +151,22 @@ class S3Store:
             raise map_error(error, "DeleteObjects", f"s3://{client.bucket}/{first.get('Key')}", None)
 
     # presigned multipart and downloads: the presigner's ------------------------------------------------------------
-    async def create_multipart_upload(self, path: ArtifactPath, num_parts: int) -> CreatedMultipartUpload:
+    async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         return await self._presigner.create_multipart_upload(path, num_parts)
 
     async def complete_multipart_upload(
         self,
-        path: ArtifactPath,
+        path: EntryPath,
         upload_id: str | None,
         parts: Sequence[CompletedPart],
         options: CompleteOptions = DEFAULT_COMPLETE,
     ) -> None:
         await self._presigner.complete_multipart_upload(path, upload_id, parts, options)
 
-    async def abort_multipart_upload(self, path: ArtifactPath, upload_id: str | None) -> None:
+    async def abort_multipart_upload(self, path: EntryPath, upload_id: str | None) -> None:
         await self._presigner.abort_multipart_upload(path, upload_id)
 
-    async def presign_download(self, path: ArtifactPath) -> PresignedUrl:
+    async def presign_download(self, path: EntryPath) -> PresignedUrl:
         return await self._presigner.presign_download(path)
 
 

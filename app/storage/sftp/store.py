@@ -18,8 +18,8 @@ from contextlib import suppress
 import asyncssh
 from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, FILEXFER_TYPE_SYMLINK
 
-from app.errors import InvalidParameter, IsADirectoryArtifact, StorageTimeout, StorageUnavailable
-from app.paths import ArtifactPath
+from app.errors import StorageTimeout, StorageUnavailable
+from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
 from app.storage.remote_paths import by_name, listable, remote_path
@@ -65,22 +65,16 @@ class SFTPStore:
         await self._connection.run("checking the root", self.root, lambda sftp: sftp.stat(self.root))
 
     # read and write ------------------------------------------------------------------------------------------------
-    async def head(self, path: ArtifactPath) -> ObjectMeta:
-        if path.is_root:
-            raise IsADirectoryArtifact(path.canonical)
+    async def head(self, path: EntryPath) -> ObjectMeta:
         return await stat_file(self._connection, remote_path(self.root, path), path.canonical)
 
-    async def open_read(self, path: ArtifactPath) -> SFTPReadHandle:
-        if path.is_root:
-            raise IsADirectoryArtifact(path.canonical)
+    async def open_read(self, path: EntryPath) -> SFTPReadHandle:
         chunk_size = self.settings.download_chunk_size
         return await open_download(self._connection, chunk_size, remote_path(self.root, path), path.canonical)
 
     async def write(
-        self, path: ArtifactPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
+        self, path: EntryPath, chunks: AsyncIterator[bytes], size: int | None, options: WriteOptions = DEFAULT_WRITE
     ) -> None:
-        if path.is_root:
-            raise InvalidParameter("Artifact path must include a filename (cannot end with '/').")
         await self._uploads.write(remote_path(self.root, path), path.canonical, chunks, options.create_only)
 
     # list ----------------------------------------------------------------------------------------------------------
@@ -101,9 +95,7 @@ class SFTPStore:
         return await self._connection.run("listing", path.canonical, op)
 
     # delete --------------------------------------------------------------------------------------------------------
-    async def delete(self, path: ArtifactPath) -> None:
-        if path.is_root:
-            raise InvalidParameter("Refusing to delete the artifact root")
+    async def delete(self, path: EntryPath) -> None:
         remote = remote_path(self.root, path)
 
         async def op(sftp: asyncssh.SFTPClient) -> None:
