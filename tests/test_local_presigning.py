@@ -48,6 +48,24 @@ def test_without_a_secret_each_launch_signs_with_its_own_random_key(tmp_path: Pa
         assert httpx.get(httpx.get(f"{restarted.api}/presigned/d/m.bin").json()["url"]).status_code == 200
 
 
+def test_switched_off_transfers_answer_what_the_client_falls_back_on(tmp_path: Path) -> None:
+    env = {"ARTIFACT_PROXY_ENABLE_MULTIPART": "false", "ARTIFACT_PROXY_ENABLE_PRESIGNED_DOWNLOAD": "false"}
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
+        info = httpx.get(f"{proxy.url}/api/3.0/mlflow/server-info").json()
+        assert (info["multipart_uploads_enabled"], info["multipart_downloads_enabled"]) == (False, False)
+        create = httpx.post(f"{proxy.api}/mpu/create/d", json={"path": "x.bin", "num_parts": 1})
+        assert (create.status_code, create.json()) == (
+            501,
+            {
+                "error_code": "NOT_IMPLEMENTED",
+                "message": "Multipart upload is not supported for the current artifact repository",
+            },
+        )
+        presigned = httpx.get(f"{proxy.api}/presigned/x.bin")
+        assert presigned.status_code == 501
+        assert presigned.json()["message"].startswith("Multipart download is not supported")
+
+
 def test_a_configured_secret_is_used_and_not_reported(tmp_path: Path) -> None:
     with running_proxy(str(tmp_path / "root"), tmp_path / "proxy") as proxy:  # running_proxy configures one
         _upload(proxy, "d/m.bin", [b"x" * 10])

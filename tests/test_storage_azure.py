@@ -274,13 +274,6 @@ def test_capabilities_follow_settings_and_credentials(azurite: StorageServer) ->
     assert not supports_multipart_upload(make_store(azurite, conn=sas_only))
 
 
-async def test_multipart_disabled_answers_501(azurite: StorageServer) -> None:
-    store = make_store(azurite, enable_multipart=False)
-    with pytest.raises(MultipartUploadUnsupported) as err:
-        await store.create_multipart_upload(p("x"), 1)
-    assert err.value.status_code == 501
-
-
 async def test_misconfiguration_is_reported(azurite: StorageServer) -> None:
     port = urlsplit(azurite.endpoint).port
     assert port is not None

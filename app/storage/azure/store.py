@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob.aio import BlobPrefix
 
 from app.downloads import content_disposition
-from app.errors import MultipartUploadUnsupported, PresignedDownloadUnsupported
+from app.errors import PresignedDownloadUnsupported
 from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.azure.client import AzureClient
@@ -110,9 +110,8 @@ class AzureBlobStore:
                 raise
 
     # presigned multipart -------------------------------------------------------------------------------------------
+    # The routes call these only when `capabilities` offers them (app/storage/base.py).
     async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
-        if not self.capabilities.multipart_upload:
-            raise MultipartUploadUnsupported()
         return await self._uploads.create(path, num_parts)
 
     async def complete_multipart_upload(
@@ -131,8 +130,6 @@ class AzureBlobStore:
 
     # presigned download --------------------------------------------------------------------------------------------
     async def presign_download(self, path: EntryPath) -> PresignedUrl:
-        if not self.capabilities.presigned_download:
-            raise PresignedDownloadUnsupported()
         meta = await self.client.meta(path)
         ttl, disposition = self.settings.presigned_download_ttl, content_disposition(path.basename)
         sas = await self._signer.sign(path, "r", ttl, PresignedDownloadUnsupported, content_disposition=disposition)

@@ -26,7 +26,6 @@ from app.errors import (
     ArtifactProxyError,
     InvalidParameter,
     IsADirectoryArtifact,
-    MultipartUploadUnsupported,
     PayloadTooLarge,
     ResourceNotFound,
 )
@@ -56,8 +55,7 @@ class ComposedUploads:
         return f"{self._client.dir_prefix(ArtifactPath(''))}{STAGING_DIR}/{upload_id}/{key_hash}/"
 
     async def create(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
-        if self._signer is None:
-            raise MultipartUploadUnsupported()
+        assert self._signer is not None
         upload_id = secrets.token_hex(16)
         staging = self._staging(path, upload_id)
         names = [f"{staging}part-{i:05d}" for i in range(1, num_parts + 1)]

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from app.downloads import content_disposition
-from app.errors import MultipartUploadUnsupported, PresignedDownloadUnsupported
 from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage import StoreConfigError
@@ -102,9 +101,8 @@ class GCSStore:
         await self.client.delete_prefix(self.client.dir_prefix(path))
 
     # presigned multipart -------------------------------------------------------------------------------------------
+    # The routes call these only when `capabilities` offers them (app/storage/base.py): then there is a signer.
     async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
-        if not self.capabilities.multipart_upload:
-            raise MultipartUploadUnsupported()
         return await self._uploads.create(path, num_parts)
 
     async def complete_multipart_upload(
@@ -121,8 +119,7 @@ class GCSStore:
 
     # presigned download --------------------------------------------------------------------------------------------
     async def presign_download(self, path: EntryPath) -> PresignedUrl:
-        if not self.capabilities.presigned_download or self._signer is None:
-            raise PresignedDownloadUnsupported()
+        assert self._signer is not None
         data = await self.client.stat(path)
         query = {"response-content-disposition": content_disposition(path.basename)}
         if data.get("generation"):
