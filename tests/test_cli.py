@@ -40,6 +40,13 @@ def test_unknown_scheme_is_a_clear_startup_error() -> None:
     assert "Unsupported artifacts destination scheme 'dbfs'" in result.stderr
 
 
+def test_data_lake_destinations_name_the_blob_endpoint_to_use() -> None:
+    uri = "abfss://models@acct.dfs.core.windows.net/artifacts"
+    result = run_cli("server", "--artifacts-destination", uri, "--port", str(free_port()))
+    assert result.returncode != 0
+    assert "wasbs://<container>@<account>.blob.core.windows.net" in result.stderr
+
+
 def test_hdfs_names_what_is_missing() -> None:
     result = run_cli("server", "--artifacts-destination", "hdfs://namenode:8020/x", "--port", str(free_port()))
     assert result.returncode != 0

@@ -49,6 +49,11 @@ def redacted(uri: str) -> str:
 
 def open_store(uri: str, settings: Settings) -> ArtifactStore:
     scheme = scheme_of(uri)
+    if scheme in ("abfss", "abfs"):
+        raise StoreConfigError(
+            f"{scheme}:// (Azure Data Lake Gen2) is not served: name the same account's Blob endpoint instead, "
+            "wasbs://<container>@<account>.blob.core.windows.net/<path> (Blob and Data Lake share the data)"
+        )
     if scheme not in REGISTRY:
         known = ", ".join(sorted(s + "://" for s in REGISTRY if s))
         raise StoreConfigError(
