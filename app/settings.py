@@ -28,6 +28,8 @@ from app.store_settings import (
 )
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev"}
+# Words of example values (ours said "example-only-replace-with-openssl-rand-hex-32"), never in `openssl rand -hex`.
+PLACEHOLDER_WORDS = ("example", "replace", "change", "placeholder", "your-", "todo")
 
 
 class Settings(Branch):
@@ -212,7 +214,8 @@ class Settings(Branch):
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:
-        weak = self.signing_secret.lower() in PLACEHOLDER_SECRETS or len(self.signing_secret) < 16
+        secret = self.signing_secret.lower()
+        weak = secret in PLACEHOLDER_SECRETS or len(secret) < 16 or any(word in secret for word in PLACEHOLDER_WORDS)
         if self.signing_secret and weak and not self.development:
             raise ValueError(
                 "ARTIFACT_PROXY_SIGNING_SECRET is a placeholder or shorter than 16 characters; "

@@ -68,6 +68,8 @@ def test_every_expected_kind_is_there(k8s: dict[str, dict[str, Any]]) -> None:
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "Ingress",
+        "ServiceAccount",
+        "NetworkPolicy",
     }
     assert k8s["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
     assert k8s["PodDisruptionBudget"]["apiVersion"] == "policy/v1"
@@ -163,9 +165,38 @@ def test_the_service_accepts_the_pod_environment(
         monkeypatch.delenv(name)
     for name, value in pod_env(k8s).items():
         monkeypatch.setenv(name, value)
-    settings = Settings()  # raises on a bad value, e.g. a placeholder or short signing secret
+    # As shipped, the example secret stops the pods: applied unchanged, they must not sign with a public value.
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings()
+    monkeypatch.setenv("ARTIFACT_PROXY_SIGNING_SECRET", "9f3c2a7be1d04c56a8e2f1b3c4d5e6f7")  # as `openssl rand -hex 16`
+    settings = Settings()  # raises on any other bad value
     assert settings.artifacts_destination.startswith(("s3://", "gs://", "wasbs://", "/"))
-    assert len(settings.signing_secret) >= 16 and settings.port == PORT
+    assert settings.port == PORT
+
+
+def test_pods_run_as_their_service_account_behind_a_network_policy(k8s: dict[str, dict[str, Any]]) -> None:
+    pod = k8s["Deployment"]["spec"]["template"]
+    account = k8s["ServiceAccount"]
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False  # the service never calls the Kubernetes API
+    policy = k8s["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    opened = [port["port"] for rule in policy["ingress"] for port in rule["ports"]]
+    assert [container_port(k8s, port) for port in opened] == [PORT]
+
+
+def test_the_prometheus_operator_overlay_scrapes_the_service(k8s: dict[str, dict[str, Any]]) -> None:
+    overlay = K8S / "prometheus-operator"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["..", "servicemonitor.yaml"]
+    assert kustomization["namespace"] == yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    monitor = yaml.safe_load((overlay / "servicemonitor.yaml").read_text())
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    service = k8s["Service"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in [port["name"] for port in service["spec"]["ports"]] and endpoint["path"] == "/metrics"
 
 
 def test_service_hpa_and_pdb_select_the_pods(k8s: dict[str, dict[str, Any]]) -> None:
@@ -251,6 +282,20 @@ def test_dockerfile_is_multi_stage_with_extras() -> None:
     assert "EXTRAS" in build_args(instructions)
     assert any(op == "RUN" and "${EXTRAS" in arg for op, arg in instructions)
     assert any(op == "COPY" and arg.startswith("--from=build") for op, arg in final_stage())
+
+
+def test_dockerfile_installs_every_backend_at_the_tested_versions() -> None:
+    instructions = dockerfile_instructions()
+    assert build_args(instructions)["EXTRAS"] == "all"
+    installs = [arg for op, arg in instructions if op == "RUN" and "${EXTRAS" in arg]
+    assert installs and all("-c constraints.txt" in arg for arg in installs)
+    assert any(op == "COPY" and "constraints.txt" in arg.split()[:-1] for op, arg in instructions)
+
+
+def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "image" in service and "build" not in service:
+            assert ":" in service["image"] and not service["image"].endswith(":latest"), name
 
 
 def test_dockerfile_runs_the_cli_unprivileged_with_a_healthcheck() -> None:
@@ -351,8 +396,10 @@ def test_compose_artifact_proxy_serves_the_created_bucket(
     for name in [n for n in os.environ if n.startswith(("ARTIFACT_PROXY_", "MLFLOW_"))]:
         monkeypatch.delenv(name)
     for name, value in env.items():
-        monkeypatch.setenv(name, str(value))
-    assert Settings().signing_secret == env["ARTIFACT_PROXY_SIGNING_SECRET"]  # long enough, not a placeholder
+        if value not in (None, ""):  # Compose passes an empty value as empty, which settings read as unset
+            monkeypatch.setenv(name, str(value))
+    # No public default: unset, each container makes a random secret at start (app/cli.py).
+    assert env["ARTIFACT_PROXY_SIGNING_SECRET"] in ("", None) and Settings().signing_secret == ""
     assert any("/ready" in part or "/health" in part for part in proxy["healthcheck"]["test"])
 
 
