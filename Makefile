@@ -30,8 +30,10 @@ mlflow-venv:
 
 install-test: $(STAMP) node_modules/.installed mlflow-venv
 
+# `make run PORT=5001` (or ARTIFACT_PROXY_PORT in the environment) when 5000 is taken, e.g. by `mlflow server`.
+PORT ?= $(or $(ARTIFACT_PROXY_PORT),5000)
 run: install
-	$(BIN)/artifact-proxy server --artifacts-destination ./mlartifacts --host 127.0.0.1 --port 5000
+	$(BIN)/artifact-proxy server --artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT)
 
 # ruff (style, imports, bugbear) on everything Python; mypy strict on the service.
 lint: $(STAMP)

@@ -120,13 +120,16 @@ class RequestObserver:
             query = scope.get("query_string", b"")
             target = printable(f"{scope['path']}?{query.decode('latin-1')}" if query else scope["path"])
             access_logger.info(
-                '%s:%s - "%s %s HTTP/%s" %d',
+                '%s:%s - "%s %s HTTP/%s" %d in=%d out=%d %.1fms',
                 client[0],
                 client[1],
                 method,
                 target,
                 scope.get("http_version", "1.1"),
                 status,
+                counts["in"],
+                counts["out"],
+                elapsed * 1000,
                 extra={
                     "duration_ms": round(elapsed * 1000, 2),
                     "bytes_in": counts["in"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -67,6 +68,15 @@ def test_json_access_log(tmp_path: Path) -> None:
         assert access[0]["bytes_in"] == 5
         assert access[0]["method"] == "PUT"
         assert access[0]["duration_ms"] >= 0
+
+
+def test_text_access_log_has_bytes_and_duration(tmp_path: Path) -> None:
+    with running_proxy(str(tmp_path / "root"), tmp_path / "proxy") as proxy:
+        httpx.put(proxy.artifact_url("t/a.txt"), content=b"12345").raise_for_status()
+        assert httpx.get(proxy.artifact_url("t/a.txt")).content == b"12345"
+        assert proxy.logged(f'"GET {ARTIFACTS}/t/a.txt HTTP/1.1" 200 in=0 out=5 ')
+        line = next(line for line in proxy.log().splitlines() if f'"PUT {ARTIFACTS}/t/a.txt' in line)
+        assert re.search(r'" 200 in=5 out=2 [0-9]+[.][0-9]ms$', line), line  # out: the "{}" answer
 
 
 def test_graceful_shutdown_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
