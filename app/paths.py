@@ -7,6 +7,7 @@ Local containment (symlinks) is checked by the local backend against the real ro
 
 from __future__ import annotations
 
+import ntpath
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -109,11 +110,18 @@ def file_path(raw: str | None) -> EntryPath:
 
 
 def multipart_target(directory_raw: str | None, body_path: str | None) -> EntryPath:
-    """The key a multipart upload writes: the URL directory plus only the basename of the client's local path."""
+    """The key a multipart upload writes: the URL directory plus only the name of the body's `path`.
+
+    MLflow 3.18 clients send a file name; older ones their local path, absolute and perhaps a Windows one. As in
+    MLflow 3.18, `ntpath.basename` takes the name after the last `/` or `\\` (and a drive: `C:model.bin`), and again
+    after decoding, so an encoded separator cannot bring one back (`src%5C..` is `..`).
+    """
     if not body_path:
         raise InvalidParameter("Missing value for required parameter 'path'")
-    basename = re.split(r"[/\\]", body_path)[-1]
-    if basename in ("", ".", "..") or _CONTROL.search(basename.replace("\\", "")):
+    basename = ntpath.basename(body_path)
+    if basename:
+        basename = ntpath.basename(fully_decode(basename))
+    if basename in ("", ".", "..") or _CONTROL.search(basename):
         raise InvalidPath()
     _check_segment(basename)
     directory = canonical_path(directory_raw)

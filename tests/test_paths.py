@@ -82,14 +82,28 @@ def test_file_path_needs_a_filename(raw: str) -> None:
         ("1/r/artifacts", "/data/run/model.bin", "1/r/artifacts/model.bin"),
         ("", "model.bin", "model.bin"),
         ("d", "C:\\Users\\me\\model.bin", "d/model.bin"),
+        ("d", "C:model.bin", "d/model.bin"),  # a drive-relative Windows path: ntpath drops the drive
         ("d", "../../x.bin", "d/x.bin"),
+        ("d", "src%2Fmodel.bin", "d/model.bin"),  # an encoded separator splits too, after decoding
+        ("", "file:x.bin", None),
     ],
 )
-def test_multipart_target_uses_only_the_basename(directory: str, body_path: str, key: str) -> None:
+def test_multipart_target_uses_only_the_basename(directory: str, body_path: str, key: str | None) -> None:
+    if key is None:  # the name is whole, but at the root it reads as a scheme: refused as a URL path would be
+        with pytest.raises(InvalidParameter):
+            multipart_target(directory, body_path)
+        return
     assert multipart_target(directory, body_path).canonical == key
 
 
-@pytest.mark.parametrize("body_path", ["", None, "..", "dir/", "/etc/..", "a\x00b", ".artifact.uploading.z", "%2e%2e"])
+@pytest.mark.parametrize(
+    "body_path",
+    [
+        *("", None, "..", "dir/", "/etc/..", "a\x00b", ".artifact.uploading.z", "%2e%2e", "x#y"),
+        # MLflow 3.18's cases: what is left after the last separator (or the drive) is empty, `.` or `..`.
+        *("C:\\Users\\me\\..", "C:\\Users\\me\\", "C:", "a/.", "src%5C..", "C%3A.."),
+    ],
+)
 def test_multipart_target_rejects_bad_basenames(body_path: str | None) -> None:
     with pytest.raises(InvalidParameter):
         multipart_target("d", body_path)
