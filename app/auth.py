@@ -46,6 +46,7 @@ from app.errors import ArtifactProxyError, InvalidParameter, PermissionDenied
 from app.metrics import AUDIT_KEY
 from app.passwords import PBKDF2_ITERATIONS, PasswordChecker, iterations_of, unknown_user_hash
 from app.paths import ArtifactPath
+from app.policy import refuse_skill_mutation
 from app.proxies import TrustedProxies, peer_of
 
 VERIFIED_TTL = 300.0  # seconds a verified Basic credential is remembered, so PBKDF2 runs once, not per request
@@ -268,12 +269,20 @@ async def authenticate(request: Request) -> None:
 
 
 async def authorize(request: Request, operation: Operation, path: ArtifactPath) -> None:
-    """Allow or refuse `operation` on the canonical `path`; records who asked, for the audit log."""
+    """Allow or refuse `operation` on the canonical `path`; records who asked, for the audit log. Every route that
+    touches a path passes here, so the rules that bind everyone (app.policy) are applied here too."""
     audit = {"op": operation.name.lower(), "path": path.canonical, "user": "-"}
     request.scope[AUDIT_KEY] = audit
     authenticator: Authenticator | None = request.app.state.authenticator
-    if authenticator is None:
-        return
+    if authenticator is not None:
+        await _authorize_principal(request, authenticator, operation, path, audit)
+    if operation != Operation.READ:
+        refuse_skill_mutation(path)
+
+
+async def _authorize_principal(
+    request: Request, authenticator: Authenticator, operation: Operation, path: ArtifactPath, audit: dict[str, str]
+) -> None:
     principal: Principal = request.scope.get(PRINCIPAL_KEY) or await authenticator.principal(request)
     audit["user"] = principal.name
     authenticator.check(principal, operation, path)
