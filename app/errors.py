@@ -21,6 +21,9 @@ logger = logging.getLogger("artifact_proxy.errors")
 # The MLflow client falls back to a single PUT only when the error message starts with this exact text.
 MULTIPART_UPLOAD_UNSUPPORTED = "Multipart upload is not supported for the current artifact repository"
 MULTIPART_DOWNLOAD_UNSUPPORTED = "Multipart download is not supported for the current artifact repository"
+# MLflow 3.18's whole message where a configuration rules presigning out (an S3 SSE-C key). Ours follows the constant
+# above instead of replacing it: 3.18 clients fall back on any 501, 3.17 ones only on that prefix.
+PRESIGNING_UNAVAILABLE = "Presigned artifact transfers are unavailable."
 
 
 class ArtifactProxyError(Exception):
@@ -100,19 +103,25 @@ class IncompleteBody(ArtifactProxyError):
 
 
 class MultipartUploadUnsupported(ArtifactProxyError):
+    """`blocked`: the destination could presign but its configuration rules it out (the operator's log says why)."""
+
     error_code = "NOT_IMPLEMENTED"
     status_code = 501
 
-    def __init__(self) -> None:
-        super().__init__(MULTIPART_UPLOAD_UNSUPPORTED)
+    def __init__(self, blocked: bool = False) -> None:
+        super().__init__(
+            f"{MULTIPART_UPLOAD_UNSUPPORTED}. {PRESIGNING_UNAVAILABLE}" if blocked else MULTIPART_UPLOAD_UNSUPPORTED
+        )
 
 
 class PresignedDownloadUnsupported(ArtifactProxyError):
     error_code = "NOT_IMPLEMENTED"
     status_code = 501
 
-    def __init__(self) -> None:
-        super().__init__(MULTIPART_DOWNLOAD_UNSUPPORTED)
+    def __init__(self, blocked: bool = False) -> None:
+        super().__init__(
+            f"{MULTIPART_DOWNLOAD_UNSUPPORTED}. {PRESIGNING_UNAVAILABLE}" if blocked else MULTIPART_DOWNLOAD_UNSUPPORTED
+        )
 
 
 class StorageUnavailable(ArtifactProxyError):

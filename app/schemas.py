@@ -34,14 +34,26 @@ class AbortMultipartRequest(_Body):
 
 
 class ServerInfo(BaseModel):
-    store_type: str = "ArtifactProxy"
+    """MLflow 3.18's keys, in its order, as `mlflow server --artifacts-only` answers them (3.17 clients read only the
+    multipart pair). This service keeps no tracking data (`store_type` null) and serves neither the AI gateway nor
+    scheduled issue detection, so `features_enabled` says false where 3.18 says what its tracking half would do."""
+
+    store_type: str | None = None
     workspaces_enabled: bool = False
     trace_archival_enabled: bool = False
     multipart_uploads_enabled: bool
     multipart_downloads_enabled: bool
-    presigned_upload_run_id_supported: bool = False
-    presigned_upload_model_id_supported: bool = False
-    features_enabled: dict[str, bool] = Field(default_factory=dict)
+    artifact_serving_enabled: bool = True
+    skill_content_max_size: int
+    skill_content_max_files: int = 10_000  # MLflow's fixed archive entry limit
+    presigned_upload_run_id_supported: bool
+    presigned_upload_model_id_supported: bool
+    model_artifact_presigned_downloads_supported: bool
+    features_enabled: dict[str, bool] = Field(
+        default_factory=lambda: {"gateway": False, "scheduled_issue_detection": False}
+    )
+    tracking_auth: str = ""
+    artifacts_presigned_only: bool = False
 
 
 def file_info_json(info: FileInfo) -> dict[str, object]:

@@ -150,11 +150,18 @@ class Settings(Branch):
         description="Free space a local destination keeps: below it not ready, and PUTs that would cross it 507",
     )
 
+    # On wherever the destination can presign: presigned transfers are the product. MLflow 3.18 servers read the
+    # clients' variables as an operator's opt-in instead (default off); here they are aliases, so
+    # `MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=false` on the server turns multipart off.
     enable_multipart: bool = Field(
-        True, validation_alias=ours("enable_multipart"), description="Offer multipart uploads where the store can"
+        True,
+        validation_alias=ours("enable_multipart", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"),
+        description="Offer multipart uploads where the store can",
     )
     enable_presigned_download: bool = Field(
-        True, validation_alias=ours("enable_presigned_download"), description="Offer presigned downloads"
+        True,
+        validation_alias=ours("enable_presigned_download", "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"),
+        description="Offer presigned downloads where the store can",
     )
     multipart_url_ttl: int = Field(
         3600, ge=60, validation_alias=ours("multipart_url_ttl"), description="Seconds a part URL is valid"
@@ -183,6 +190,18 @@ class Settings(Branch):
         ge=0,
         validation_alias=ours("presigned_only_min_size"),
         description="Proxied PUTs above this size are refused: clients must use multipart",
+    )
+    # server-info values MLflow 3.18 reads from its own variables: this service stores no skills and does no auth for
+    # the tracking server, it only repeats what an operator sets for clients to see.
+    skill_content_max_size: Bytes = Field(
+        25 * MiB,
+        validation_alias=ours("skill_content_max_size", "MLFLOW_SKILL_CONTENT_MAX_DECOMPRESSED_SIZE"),
+        description="Told to clients in server-info",
+    )
+    server_info_tracking_auth: str = Field(
+        "",
+        validation_alias=ours("server_info_tracking_auth", "MLFLOW_SERVER_INFO_TRACKING_AUTH"),
+        description="Told to clients in server-info (`tracking_auth`)",
     )
     storage_timeout: float = Field(
         120.0,

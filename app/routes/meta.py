@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from app.deps import store_of
+from app.deps import settings_of, store_of
 from app.errors import ArtifactProxyError, error_response
 from app.schemas import ServerInfo
 from app.settings import Settings
@@ -19,18 +19,26 @@ logger = logging.getLogger("artifact_proxy.ready")
 _last_reason: dict[str, str] = {}  # per worker: log a reason when it changes, not at every probe
 
 
-def server_info_payload(store: ArtifactStore, can_sign: bool = True) -> ServerInfo:
-    # Answered from configuration, never from a storage round trip: clients probe it with a 3 s timeout.
+def server_info_payload(store: ArtifactStore, settings: Settings, can_sign: bool = True) -> ServerInfo:
+    # Answered from configuration, never from a storage round trip: clients probe it with a 3 s timeout, and 3.18
+    # clients before their first transfer of any size.
     # `can_sign`: a store whose URLs point back at us offers them only when we know an address to put in them.
     usable = can_sign or not signs_own_urls(store)
+    presigning = store.capabilities.can_presign and usable
     return ServerInfo(
         multipart_uploads_enabled=supports_multipart_upload(store) and usable,
         multipart_downloads_enabled=supports_presigned_download(store) and usable,
+        skill_content_max_size=settings.skill_content_max_size,
+        # 3.18 ties these to whether presigning is possible at all (no SSE-C key), not to the operator's switches.
+        presigned_upload_run_id_supported=presigning,
+        presigned_upload_model_id_supported=presigning,
+        model_artifact_presigned_downloads_supported=presigning,
+        tracking_auth=settings.server_info_tracking_auth,
     )
 
 
 async def server_info(request: Request) -> Response:
-    payload = server_info_payload(store_of(request), trusted_base_url(request) is not None)
+    payload = server_info_payload(store_of(request), settings_of(request), trusted_base_url(request) is not None)
     return JSONResponse(payload.model_dump())
 
 

@@ -77,7 +77,7 @@ def _multipart_store(request: Request) -> tuple[MultipartUploads, str]:
     store = store_of(request)
     base = _url_base(request, store) if supports_multipart_upload(store) else None
     if base is None:
-        raise MultipartUploadUnsupported()
+        raise MultipartUploadUnsupported(blocked=store.capabilities.presign_blocker is not None)
     assert isinstance(store, MultipartUploads)
     return store, base
 
@@ -176,7 +176,7 @@ async def presigned_download(request: Request) -> Response:
     store = store_of(request)
     base = _url_base(request, store) if supports_presigned_download(store) else None
     if base is None:
-        raise PresignedDownloadUnsupported()
+        raise PresignedDownloadUnsupported(blocked=store.capabilities.presign_blocker is not None)
     assert isinstance(store, PresignedDownloads)
     signed = await store.presign_download(entry_path(path, IsADirectoryArtifact(path.canonical)))
     body: dict[str, object] = {"url": base + signed.url, "headers": signed.headers}

@@ -120,6 +120,11 @@ class Capabilities:
     multipart_upload: bool = False  # presigned multipart (`MultipartUploads`)
     presigned_download: bool = False  # presigned downloads (`PresignedDownloads`)
     signs_own_urls: bool = False  # its transfer URLs point back at this service (`SelfSignedTransfers`)
+    # Whether the destination can presign at all, whatever the operator switched on: server-info's
+    # `presigned_*_supported` flags. `presign_blocker` says why a configuration rules it out where the store could
+    # otherwise presign (an S3 SSE-C key would be disclosed in the URL), for the 501s and for presigned-only mode.
+    can_presign: bool = False
+    presign_blocker: str | None = None
 
 
 class ArtifactStore(Protocol):

@@ -47,6 +47,7 @@ class AzureBlobStore:
         self.capabilities = Capabilities(
             multipart_upload=settings.enable_multipart and self.config.can_sign,
             presigned_download=settings.enable_presigned_download and self.config.can_sign,
+            can_presign=self.config.can_sign,
         )
         self._writer = BlockWriter(self.client, self.config.block_size)
         self._signer = SasSigner(self.client)

@@ -50,6 +50,7 @@ class GCSStore:
         self.capabilities = Capabilities(
             multipart_upload=settings.enable_multipart and self._signer is not None,
             presigned_download=settings.enable_presigned_download and self._signer is not None,
+            can_presign=self._signer is not None,
         )
         self._read_chunk = min(self.config.download_chunk_size or settings.download_chunk_size, MAX_READ_CHUNK)
         self._writer = ObjectWriter(self.client, self.config.upload_block)

@@ -68,6 +68,8 @@ class LocalStore:
             multipart_upload=self.signer is not None and settings.enable_multipart,
             presigned_download=self.signer is not None and settings.enable_presigned_download,
             signs_own_urls=self.signer is not None,
+            can_presign=self.signer is not None,
+            presign_blocker=None if self.signer else "it signs URLs only with ARTIFACT_PROXY_SIGNING_SECRET set",
         )
         self._presigning = LocalPresigning(self.files, self.signer)
 

@@ -45,7 +45,9 @@ class S3Store:
     def __init__(self, uri: str, settings: Settings) -> None:
         self.settings, self.config = settings, settings.s3
         self.capabilities = Capabilities(
-            multipart_upload=settings.enable_multipart, presigned_download=settings.enable_presigned_download
+            multipart_upload=settings.enable_multipart,
+            presigned_download=settings.enable_presigned_download,
+            can_presign=True,
         )
         self.client = S3Client(uri, settings, self.config)
         self._uploader = S3Uploader(self.client, self.config)
