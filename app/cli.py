@@ -24,6 +24,7 @@ from app import __version__, mlflow_flags
 from app.errors import ArtifactProxyError
 from app.http_limits import LimitedHttpToolsProtocol
 from app.logs import log_config
+from app.policy import check_presigned_only
 from app.settings import Settings, env_names
 from app.settings_reference import effective_settings, reference
 from app.storage import StoreConfigError, open_store, redacted
@@ -107,7 +108,7 @@ def server(**flags: object) -> None:
         store = open_store(settings.artifacts_destination, settings)
         if not store.capabilities.signs_own_urls and SECRET_NOTE in notes:
             notes.remove(SECRET_NOTE)  # storage presigns its own URLs: the key is never used
-        asyncio.run(_preflight(store))
+        asyncio.run(_preflight(settings, store))
     except (StoreConfigError, ValueError, ArtifactProxyError) as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
@@ -116,9 +117,10 @@ def server(**flags: object) -> None:
     run(settings, notes)
 
 
-async def _preflight(store: ArtifactStore) -> None:
+async def _preflight(settings: Settings, store: ArtifactStore) -> None:
     """Start the store once in this process, so a destination that cannot be served is one `Error:` line and exit
     status 1 before any worker starts (a worker failing in its lifespan would only be restarted, or exit 0)."""
+    check_presigned_only(settings, store)
     await store.start()
     await store.close()
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from app.errors import (
     AlreadyExists,
     ArtifactNotFound,
+    ArtifactProxyError,
     IncompleteBody,
     InvalidParameter,
     IsADirectoryArtifact,
@@ -53,10 +54,14 @@ def refuse_announced(announced: int | None, limit: int | None) -> None:
 
 
 async def counted_body(
-    request: Request, announced: int | None, limit: int | None, idle_timeout: float, too_large: str | None = None
+    request: Request,
+    announced: int | None,
+    limit: int | None,
+    idle_timeout: float,
+    too_large: ArtifactProxyError | None = None,
 ) -> AsyncIterator[bytes]:
-    """The request body, refused past `limit` (413, saying `too_large` if given), past its Content-Length or short
-    of it (400), and abandoned after `idle_timeout` seconds without a byte (408)."""
+    """The request body, refused past `limit` (413, or `too_large` if given), past its Content-Length or short of
+    it (400), and abandoned after `idle_timeout` seconds without a byte (408)."""
     received = 0
     body = request.stream()
     while True:
@@ -71,7 +76,7 @@ async def counted_body(
             raise UploadStalled(f"No request body bytes for {idle_timeout:g} s; upload abandoned")
         received += len(chunk)
         if limit is not None and received > limit:
-            raise PayloadTooLarge(too_large or f"Upload exceeds the limit of {limit} bytes")
+            raise too_large or PayloadTooLarge(f"Upload exceeds the limit of {limit} bytes")
         if announced is not None and received > announced:
             raise IncompleteBody("Request body is longer than its Content-Length")
         yield chunk

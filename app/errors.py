@@ -8,6 +8,8 @@ client retries 5xx seven times with backoff, so a 500 for a bad path costs minut
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import ClassVar
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -27,10 +29,12 @@ PRESIGNING_UNAVAILABLE = "Presigned artifact transfers are unavailable."
 
 
 class ArtifactProxyError(Exception):
-    """Base of every error the service answers with; subclasses fix the MLflow error code and HTTP status."""
+    """Base of every error the service answers with; subclasses fix the MLflow error code and HTTP status, and
+    `fields` adds keys to the JSON beside the two every client reads (MLflow 3.18 flags presigned-only refusals)."""
 
     error_code = "INTERNAL_ERROR"
     status_code = 500
+    fields: ClassVar[Mapping[str, object]] = {}
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -74,6 +78,13 @@ class ResourceNotFound(ArtifactProxyError):
 class PermissionDenied(ArtifactProxyError):
     error_code = "PERMISSION_DENIED"
     status_code = 403
+
+
+class PresignedOnly(PermissionDenied):
+    """A proxied transfer refused because this server wants the bytes to go straight to storage: MLflow 3.18's
+    shape, whose `artifacts_presigned_only` tells its UI to reload the server settings."""
+
+    fields = {"artifacts_presigned_only": True}
 
 
 class AlreadyExists(ArtifactProxyError):
@@ -154,13 +165,20 @@ class StorageMisconfigured(ArtifactProxyError):
     status_code = 502
 
 
-def error_response(status_code: int, error_code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error_code": error_code, "message": message}, status_code=status_code, headers=headers)
+def error_response(
+    status_code: int,
+    error_code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    fields: Mapping[str, object] | None = None,
+) -> Response:
+    body = {"error_code": error_code, "message": message, **(fields or {})}
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 async def handle_proxy_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ArtifactProxyError)
-    return error_response(exc.status_code, exc.error_code, exc.message, exc.headers)
+    return error_response(exc.status_code, exc.error_code, exc.message, exc.headers, exc.fields)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

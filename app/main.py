@@ -24,10 +24,11 @@ from app.errors import (
 from app.metrics import RequestObserver, metrics_endpoint
 from app.middleware import SecurityMiddleware, is_loopback
 from app.passwords import PasswordChecker
+from app.policy import check_presigned_only
 from app.proxies import ForwardedClient, TrustedProxies
 from app.routes import artifacts, meta, multipart, signed
 from app.settings import Settings
-from app.storage import open_store, redacted
+from app.storage import StoreConfigError, open_store, redacted
 
 logger = logging.getLogger("artifact_proxy")
 
@@ -56,6 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # threads than the disk can use only make the event loop wait for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.io_threads
         store = open_store(settings.artifacts_destination, settings)
+        try:
+            check_presigned_only(settings, store)
+        except StoreConfigError as exc:
+            logger.error("cannot serve: %s", exc)  # the line an operator looks for above the startup traceback
+            raise
         await store.start()
         app.state.store = store
         logger.info("serving artifacts from %s", redacted(settings.artifacts_destination))

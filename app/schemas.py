@@ -53,7 +53,7 @@ class ServerInfo(BaseModel):
         default_factory=lambda: {"gateway": False, "scheduled_issue_detection": False}
     )
     tracking_auth: str = ""
-    artifacts_presigned_only: bool = False
+    artifacts_presigned_only: bool
 
 
 def file_info_json(info: FileInfo) -> dict[str, object]:

@@ -119,7 +119,7 @@ def test_presigned_only_mode_refuses_large_proxied_puts(tmp_path: Path) -> None:
     env = {"ARTIFACT_PROXY_PRESIGNED_ONLY_MIN_SIZE": "1000"}
     with running_proxy(str(tmp_path / "root"), tmp_path / "proxy", env=env) as proxy:
         refused = httpx.put(proxy.artifact_url("big.bin"), content=b"x" * 5000)
-        assert refused.status_code == 413
+        assert refused.status_code == 403
         assert "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true" in refused.json()["message"]
         assert httpx.put(proxy.artifact_url("small.bin"), content=b"x" * 1000).status_code == 200
         assert not (tmp_path / "root" / "big.bin").exists()

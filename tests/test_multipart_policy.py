@@ -351,10 +351,9 @@ def test_a_chunked_put_over_the_presigned_only_size_is_refused_and_leaves_nothin
         yield b"x" * 300
 
     refused = httpx.put(local.proxy.artifact_url("chunked/big.bin"), content=body(), timeout=60)
-    assert refused.status_code == 413, refused.text
-    assert refused.json()["message"] == (
-        f"Uploads over {MULTIPART_ABOVE} bytes must use multipart upload: set MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true"
-    )
+    assert refused.status_code == 403, refused.text  # MLflow 3.18's presigned-only refusal (test_presigned_only.py)
+    assert refused.json()["artifacts_presigned_only"] is True
+    assert refused.json()["message"].startswith(f"This server requires artifacts over {MULTIPART_ABOVE} bytes")
     wait_until_idle(local.proxy)
     assert not (local.root / "chunked" / "big.bin").exists()
     assert [p for p in local.root.rglob(f"{TEMP_PREFIX}*") if not p.is_relative_to(local.root / STAGING_DIR)] == []

@@ -23,9 +23,10 @@ from app.deps import (
     store_of,
 )
 from app.downloads import ReadHandleResponse, plan_download
-from app.errors import InvalidParameter, IsADirectoryArtifact, PayloadTooLarge, error_response
+from app.errors import ArtifactProxyError, InvalidParameter, IsADirectoryArtifact, error_response
 from app.integrity import DigestingStream, expected_digests, repr_digest
 from app.paths import EntryPath, canonical_path, entry_path, file_path
+from app.policy import presigned_only_above, refuse_proxied
 from app.schemas import list_json
 from app.settings import Settings
 from app.storage.base import ArtifactStore, WriteOptions, supports_multipart_upload
@@ -36,6 +37,7 @@ logger = logging.getLogger("artifact_proxy.artifacts")
 async def download(request: Request) -> Response:
     path = canonical_path(request.path_params["path"])
     await authorize(request, Operation.READ, path)
+    refuse_proxied(settings_of(request), upload=False)
     return await serve_download(request, entry_path(path, IsADirectoryArtifact(path.canonical)))
 
 
@@ -69,6 +71,7 @@ async def upload(request: Request) -> Response:
     path = file_path(request.path_params["path"])
     await authorize(request, Operation.WRITE, path)
     settings = settings_of(request)
+    refuse_proxied(settings, upload=True)
     store = store_of(request)
     announced = announced_length(request)
     limit, too_large = _size_limit(announced, settings, store)
@@ -90,21 +93,21 @@ async def upload(request: Request) -> Response:
     return Response(EMPTY_JSON, media_type="application/json", headers=headers)
 
 
-def _size_limit(announced: int | None, settings: Settings, store: ArtifactStore) -> tuple[int | None, str | None]:
-    """Refuse a proxied PUT by its Content-Length; else the most bytes its body may bring, and what the 413 says
-    past them. A chunked body announces nothing, so the presigned-only rule is enforced while it streams too."""
+def _size_limit(
+    announced: int | None, settings: Settings, store: ArtifactStore
+) -> tuple[int | None, ArtifactProxyError | None]:
+    """Refuse a proxied PUT by its Content-Length; else the most bytes its body may bring, and what is raised past
+    them. A chunked body announces nothing, so the presigned-only size rule is enforced while it streams too."""
     refuse_announced(announced, settings.max_upload_size)
     limit, multipart_above = settings.max_upload_size, settings.presigned_only_min_size
     if multipart_above is None or not supports_multipart_upload(store):
         return limit, None
-    use_multipart = (
-        f"Uploads over {multipart_above} bytes must use multipart upload: set MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true"
-    )
+    refusal = presigned_only_above(multipart_above)
     if announced is not None and announced > multipart_above:
-        raise PayloadTooLarge(use_multipart)
+        raise refusal
     if limit is not None and limit <= multipart_above:
         return limit, None
-    return multipart_above, use_multipart
+    return multipart_above, refusal
 
 
 async def list_artifacts(request: Request) -> Response:

@@ -34,6 +34,7 @@ def server_info_payload(store: ArtifactStore, settings: Settings, can_sign: bool
         presigned_upload_model_id_supported=presigning,
         model_artifact_presigned_downloads_supported=presigning,
         tracking_auth=settings.server_info_tracking_auth,
+        artifacts_presigned_only=settings.artifacts_presigned_only,
     )
 
 
