@@ -18,6 +18,7 @@ import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from app.downloads import content_type
 from app.errors import ArtifactNotFound, ArtifactProxyError, IsADirectoryArtifact, ResourceNotFound
 from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
@@ -30,6 +31,11 @@ logger = logging.getLogger("artifact_proxy.storage.s3")
 
 ABORT_GRACE = 30.0  # seconds a shielded abort may take after a failure or cancellation
 DIGEST_TAG, ETAG_TAG = "sha256", "etag"  # the upload's SHA-256: user metadata (single PUT) or tags (multipart)
+# Upload args that later calls on the object must repeat: the SSE-C key on each part and read, requester pays and
+# the bucket-owner check on each call.
+REPEATED_ARGS = frozenset(
+    {"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer", "ExpectedBucketOwner"}
+)
 
 
 def checksum_calculation(endpoint: str | None) -> str:
@@ -126,6 +132,24 @@ class S3Client:
         with self.errors("ListObjectsV2", None):
             await self.sdk.list_objects_v2(Bucket=self.bucket, Prefix=self.dir_prefix(ArtifactPath("")), MaxKeys=1)
 
+    # keys, args and errors -----------------------------------------------------------------------------------------
+    def upload_args(self, path: ArtifactPath) -> dict[str, Any]:
+        """What PutObject and CreateMultipartUpload get: the Content-Type a presigned GET then answers with (the one
+        our own GET gives), and MLFLOW_S3_UPLOAD_EXTRA_ARGS, which win. No guessed ContentEncoding, unlike MLflow:
+        a `.tar.gz` stored as `Content-Encoding: gzip` is unpacked by HTTP clients on the way down."""
+        return {"ContentType": content_type(path.basename), **self._config.upload_extra_args}
+
+    def repeated_args(self, operation: str) -> dict[str, Any]:
+        """The upload args (REPEATED_ARGS) that `operation` takes."""
+        members = self.sdk.meta.service_model.operation_model(operation).input_shape.members
+        return {k: v for k, v in self._config.upload_extra_args.items() if k in REPEATED_ARGS and k in members}
+
+    def as_headers(self, operation: str, args: dict[str, Any]) -> dict[str, str]:
+        """The HTTP headers `operation` sends these params as: what a presigned request must carry, since the
+        signature covers them (x-amz-request-payer, x-amz-expected-bucket-owner)."""
+        members = self.sdk.meta.service_model.operation_model(operation).input_shape.members
+        return {members[name].serialization["name"]: str(value) for name, value in args.items()}
+
     # keys and errors -----------------------------------------------------------------------------------------------
     def key(self, path: ArtifactPath) -> str:
         return "/".join(part for part in (self.prefix, path.canonical) if part)
@@ -150,7 +174,9 @@ class S3Client:
         """The object's metadata; `IsADirectoryArtifact` for a prefix with keys below it, `ArtifactNotFound` else."""
         try:
             with self.errors("HeadObject", path):
-                head = await self.sdk.head_object(Bucket=self.bucket, Key=self.key(path))
+                head = await self.sdk.head_object(
+                    Bucket=self.bucket, Key=self.key(path), **self.repeated_args("HeadObject")
+                )
         except ArtifactNotFound:
             if await self._has_children(path):
                 raise IsADirectoryArtifact(path.canonical) from None
@@ -178,10 +204,10 @@ class S3Client:
 
     # multipart uploads, shared by streamed and presigned uploads ---------------------------------------------------
     async def create_upload(self, path: ArtifactPath) -> str:
-        """A new multipart upload of `path`, with the configured upload args (SSE, metadata...); its upload id."""
+        """A new multipart upload of `path`, with its upload args (type, SSE, metadata...); its upload id."""
         with self.errors("CreateMultipartUpload", path):
             created = await self.sdk.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key(path), **self._config.upload_extra_args
+                Bucket=self.bucket, Key=self.key(path), **self.upload_args(path)
             )
         return str(created["UploadId"])
 
@@ -191,7 +217,12 @@ class S3Client:
             return
         try:
             with self.errors("AbortMultipartUpload", path):
-                await self.sdk.abort_multipart_upload(Bucket=self.bucket, Key=self.key(path), UploadId=upload_id)
+                await self.sdk.abort_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=self.key(path),
+                    UploadId=upload_id,
+                    **self.repeated_args("AbortMultipartUpload"),
+                )
         except ResourceNotFound:
             return
 

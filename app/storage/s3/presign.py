@@ -7,7 +7,7 @@ endpoint fails outside.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from app.downloads import content_disposition
 from app.errors import (
@@ -29,6 +29,17 @@ from app.storage.base import (
     PresignedUrl,
 )
 from app.storage.s3.client import S3Client
+
+
+def presign_blocker(extra_args: Mapping[str, object]) -> str | None:
+    """Why these upload args rule presigned transfers out, as MLflow 3.18 decides: an SSE-C key would have to travel
+    to every client in the part and download headers, and a checksum algorithm needs each part's checksum, which
+    the client's plain part PUT does not send. Either way clients must go through us."""
+    if "SSECustomerKey" in extra_args or "SSECustomerAlgorithm" in extra_args:
+        return "an SSE-C key in MLFLOW_S3_UPLOAD_EXTRA_ARGS would be disclosed to clients in presigned requests"
+    if "ChecksumAlgorithm" in extra_args:
+        return "ChecksumAlgorithm in MLFLOW_S3_UPLOAD_EXTRA_ARGS needs a checksum on every part clients send"
+    return None
 
 
 def multipart_etag(etags: Sequence[str]) -> str | None:
@@ -55,11 +66,19 @@ class S3Presigner:
         except BaseException:
             await self._client.abort_quietly(path, upload_id)
             raise
-        return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
+        # Signed in, so every part PUT must send them; MLflow's client sends a credential's `headers` verbatim.
+        headers = self._client.as_headers("UploadPart", self._client.repeated_args("UploadPart"))
+        return CreatedMultipartUpload(upload_id, [PartCredential(url, i, headers) for i, url in enumerate(urls, 1)])
 
     async def _presign_part(self, path: EntryPath, upload_id: str, number: int) -> str:
         client = self._client
-        params = {"Bucket": client.bucket, "Key": client.key(path), "UploadId": upload_id, "PartNumber": number}
+        params = {
+            "Bucket": client.bucket,
+            "Key": client.key(path),
+            "UploadId": upload_id,
+            "PartNumber": number,
+            **client.repeated_args("UploadPart"),
+        }
         with client.errors("presign UploadPart", path):
             url = await client.signer.generate_presigned_url(
                 "upload_part", Params=params, ExpiresIn=self._settings.multipart_url_ttl
@@ -91,6 +110,7 @@ class S3Presigner:
                     UploadId=upload_id,
                     MultipartUpload={"Parts": listed},
                     **condition,
+                    **client.repeated_args("CompleteMultipartUpload"),
                 )
         except (ResourceNotFound, AlreadyExists) as exc:
             # A retried complete whose first attempt succeeded: the object is there, built from exactly these
@@ -107,7 +127,13 @@ class S3Presigner:
         """Refuse (413) and abort an upload whose listed parts add up to more than the limit, as S3 lists them: the
         parts went straight to S3, so only their sizes there are known."""
         client = self._client
-        total, args = 0, {"Bucket": client.bucket, "Key": client.key(path), "UploadId": upload_id}
+        args = {
+            "Bucket": client.bucket,
+            "Key": client.key(path),
+            "UploadId": upload_id,
+            **client.repeated_args("ListParts"),
+        }
+        total = 0
         while True:
             try:
                 with client.errors("ListParts", path):
@@ -139,10 +165,17 @@ class S3Presigner:
     async def presign_download(self, path: EntryPath) -> PresignedUrl:
         client = self._client
         meta = await client.head(path)
-        disposition = content_disposition(path.basename)
-        params = {"Bucket": client.bucket, "Key": client.key(path), "ResponseContentDisposition": disposition}
+        repeated = client.repeated_args("GetObject")
+        params = {
+            "Bucket": client.bucket,
+            "Key": client.key(path),
+            "ResponseContentDisposition": content_disposition(path.basename),
+            # Ranges count stored bytes: an object stored with a Content-Encoding must not be decoded on the way.
+            "ResponseContentEncoding": "identity",
+            **repeated,
+        }
         with client.errors("presign GetObject", path):
             url = await client.signer.generate_presigned_url(
                 "get_object", Params=params, ExpiresIn=self._settings.presigned_download_ttl
             )
-        return PresignedUrl(str(url), {}, meta.size)
+        return PresignedUrl(str(url), client.as_headers("GetObject", repeated), meta.size)

@@ -20,7 +20,12 @@ class S3ReadHandle:
         if start >= end:
             return
         client, chunk_size = self._client, self._chunk_size
-        args: dict[str, Any] = {"Bucket": client.bucket, "Key": self._key, "Range": f"bytes={start}-{end - 1}"}
+        args: dict[str, Any] = {
+            "Bucket": client.bucket,
+            "Key": self._key,
+            "Range": f"bytes={start}-{end - 1}",
+            **client.repeated_args("GetObject"),
+        }
         if self.meta.etag:  # never splice a concurrent overwrite into a response sized for the old version
             args["IfMatch"] = self.meta.etag
         with client.errors("GetObject", self._path):

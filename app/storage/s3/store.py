@@ -10,6 +10,7 @@ One aiobotocore client per process, opened in `start()`, so its connection pool 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -32,9 +33,11 @@ from app.storage.base import (
 from app.storage.chunks import prepend
 from app.storage.s3.client import DIGEST_TAG, S3Client
 from app.storage.s3.errors import map_error
-from app.storage.s3.presign import S3Presigner
+from app.storage.s3.presign import S3Presigner, presign_blocker
 from app.storage.s3.read import S3ReadHandle
 from app.storage.s3.upload import S3Uploader, first_part, part_size_for
+
+logger = logging.getLogger("artifact_proxy.storage.s3")
 
 DELETE_BATCH = 1000  # the DeleteObjects limit
 
@@ -44,10 +47,12 @@ class S3Store:
 
     def __init__(self, uri: str, settings: Settings) -> None:
         self.settings, self.config = settings, settings.s3
+        blocker = presign_blocker(self.config.upload_extra_args)
         self.capabilities = Capabilities(
-            multipart_upload=settings.enable_multipart,
-            presigned_download=settings.enable_presigned_download,
-            can_presign=True,
+            multipart_upload=settings.enable_multipart and blocker is None,
+            presigned_download=settings.enable_presigned_download and blocker is None,
+            can_presign=blocker is None,
+            presign_blocker=blocker,
         )
         self.client = S3Client(uri, settings, self.config)
         self._uploader = S3Uploader(self.client, self.config)
@@ -56,6 +61,9 @@ class S3Store:
     # lifecycle -----------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.client.start()
+        if self.capabilities.presign_blocker:
+            # Clients only see "Presigned artifact transfers are unavailable."; the operator needs the reason.
+            logger.warning("presigned multipart uploads and downloads are off: %s", self.capabilities.presign_blocker)
 
     async def close(self) -> None:
         await self.client.close()
@@ -79,7 +87,7 @@ class S3Store:
         condition = {"IfNoneMatch": "*"} if options.create_only else {}  # atomic create-only, settled by S3
         if ended:
             client = self.client
-            args = {**self.config.upload_extra_args, **condition}
+            args = {**client.upload_args(path), **condition}
             if digest := options.digest():
                 args["Metadata"] = {**args.get("Metadata", {}), DIGEST_TAG: digest}
             body = b"".join(head)  # no copy when the body came as one chunk

@@ -22,9 +22,6 @@ from app.store_settings import MiB, S3Settings
 
 MAX_PARTS = 10_000  # the most parts one S3 upload may have; read at each use, so it can be lowered in tests
 
-# UploadPart must repeat these upload args (SSE-C keys, requester pays); the others apply only to create/put.
-_PART_ARGS = {"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer", "ExpectedBucketOwner"}
-
 
 def part_size_for(size: int | None, minimum: int) -> int:
     """The part size: `minimum`, grown (in whole MiB) when the announced size would need more than 10,000 parts."""
@@ -82,6 +79,7 @@ class S3Uploader:
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                     **condition,
+                    **client.repeated_args("CompleteMultipartUpload"),
                 )
         except BaseException:
             await client.abort_quietly(path, upload_id)
@@ -163,7 +161,7 @@ class S3Uploader:
 
     async def _upload_part(self, path: ArtifactPath, upload_id: str, number: int, block: bytearray) -> dict[str, Any]:
         client = self._client
-        extra = {k: v for k, v in self._config.upload_extra_args.items() if k in _PART_ARGS}
+        extra = client.repeated_args("UploadPart")
         with client.errors("UploadPart", path):
             response = await client.sdk.upload_part(
                 Bucket=client.bucket, Key=client.key(path), UploadId=upload_id, PartNumber=number, Body=block, **extra
