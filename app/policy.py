@@ -9,6 +9,7 @@ presigned-only rules, and startup refuses a presigned-only server whose destinat
 from __future__ import annotations
 
 from app.errors import PermissionDenied, PresignedOnly
+from app.middleware import is_loopback
 from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage import StoreConfigError, redacted
@@ -72,9 +73,14 @@ def check_presigned_only(settings: Settings, store: ArtifactStore) -> None:
     if not settings.artifacts_presigned_only:
         return
     uploads, downloads = supports_multipart_upload(store), supports_presigned_download(store)
-    if uploads and downloads:
-        return
     capabilities = store.capabilities
+    # URLs that point back at us are signed only for a checked address (app.signing.trusted_base_url): without one,
+    # every client would be refused both ways.
+    unaddressed = capabilities.signs_own_urls and not (
+        settings.public_url or settings.allowed_hosts or is_loopback(settings.host)
+    )
+    if uploads and downloads and not unaddressed:
+        return
     if capabilities.presign_blocker:
         why = capabilities.presign_blocker
     elif not capabilities.can_presign:
@@ -83,11 +89,14 @@ def check_presigned_only(settings: Settings, store: ArtifactStore) -> None:
         why = (
             "multipart uploads are switched off (ARTIFACT_PROXY_ENABLE_MULTIPART, MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD)"
         )
-    else:
+    elif not downloads:
         why = (
             "presigned downloads are switched off "
             "(ARTIFACT_PROXY_ENABLE_PRESIGNED_DOWNLOAD, MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD)"
         )
+    else:
+        why = "its URLs need ARTIFACT_PROXY_PUBLIC_URL or MLFLOW_SERVER_ALLOWED_HOSTS "
+        why += f"on a server bound to {settings.host}"
     raise StoreConfigError(
         f"MLFLOW_ARTIFACTS_PRESIGNED_ONLY needs a destination that presigns multipart uploads and downloads; "
         f"{redacted(settings.artifacts_destination)} does not: {why}"

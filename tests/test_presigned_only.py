@@ -124,6 +124,8 @@ def test_the_317_client(local: tuple[Proxy, Path], tmp_path: Path, monkeypatch: 
         ({"ARTIFACT_PROXY_SIGNING_SECRET": ""}, "it signs URLs only with ARTIFACT_PROXY_SIGNING_SECRET set"),
         ({"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}, "presigned downloads are switched off"),
         ({"ARTIFACT_PROXY_ENABLE_MULTIPART": "false"}, "multipart uploads are switched off"),
+        # Bound to every interface with no checked address, a local destination could sign no URL for anyone.
+        ({"ARTIFACT_PROXY_HOST": "0.0.0.0"}, "its URLs need ARTIFACT_PROXY_PUBLIC_URL or MLFLOW_SERVER_ALLOWED_HOSTS"),
     ],
 )
 def test_a_destination_that_cannot_presign_does_not_start(tmp_path: Path, env: dict[str, str], why: str) -> None:
@@ -152,8 +154,9 @@ def test_a_worker_refuses_too(tmp_path: Path) -> None:
         **ON,
     }
     factory = ["-m", "uvicorn", "--factory", "app.main:create_app_from_env", "--port", str(free_port())]
+    repo = Path(__file__).resolve().parent.parent
     result = subprocess.run(
-        [sys.executable, *factory], env=environment, capture_output=True, text=True, timeout=60, cwd=Path.cwd()
+        [sys.executable, *factory], env=environment, capture_output=True, text=True, timeout=60, cwd=repo
     )
     assert result.returncode != 0
     assert "cannot serve: MLFLOW_ARTIFACTS_PRESIGNED_ONLY needs a destination that presigns" in result.stderr
