@@ -72,21 +72,35 @@ def test_uploads_get_a_content_type_and_the_extra_args(seaweed: StorageServer, t
         assert head(seaweed, proxy, "run/model.pkl")["ContentType"] == "application/x-mine"
 
 
-def test_requester_pays_travels_signed_in_the_credentials(seaweed: StorageServer, tmp_path: Path) -> None:
-    with proxy_with(seaweed, tmp_path, {"RequestPayer": "requester"}) as proxy:
+@pytest.mark.parametrize(
+    ("extra", "headers"),
+    [
+        ({"RequestPayer": "requester"}, {"x-amz-request-payer": "requester"}),
+        (
+            {"RequestPayer": "requester", "ExpectedBucketOwner": "123456789012", "Metadata": {"m": "1"}},
+            {"x-amz-request-payer": "requester", "x-amz-expected-bucket-owner": "123456789012"},
+        ),
+    ],
+    ids=["requester-pays", "and-bucket-owner"],
+)
+def test_args_every_request_needs_travel_signed_in_the_credentials(
+    seaweed: StorageServer, tmp_path: Path, extra: dict[str, Any], headers: dict[str, str]
+) -> None:
+    with proxy_with(seaweed, tmp_path, extra) as proxy:
         created = multipart.create(proxy.api, "rp", "/local/big.bin", 2)
         assert created.status_code == 200, created.text
         body = created.json()
-        assert [c["headers"] for c in body["credentials"]] == [{"x-amz-request-payer": "requester"}] * 2
+        assert [c["headers"] for c in body["credentials"]] == [headers] * 2
         url = body["credentials"][0]["url"]
-        assert "x-amz-request-payer" in parse_qs(urlsplit(url).query)["X-Amz-SignedHeaders"][0]
+        signed_headers = parse_qs(urlsplit(url).query)["X-Amz-SignedHeaders"][0].split(";")
+        assert set(headers) <= set(signed_headers)
         # The header is signed: a part PUT without it is refused by the store.
         assert httpx.put(url, content=b"a" * 5 * MiB, timeout=60).status_code == 403
         parts = multipart.put_parts(body, [b"a" * 5 * MiB, b"b" * 10])
         done = multipart.complete(proxy.api, "rp", "big.bin", body, parts)
         assert done.status_code == 200, done.text
         signed = httpx.get(f"{proxy.api}/presigned/rp/big.bin", timeout=60).json()
-        assert signed["headers"] == {"x-amz-request-payer": "requester"}
+        assert signed["headers"] == headers
         assert parse_qs(urlsplit(signed["url"]).query)["response-content-encoding"] == ["identity"]
         ranged = httpx.get(signed["url"], headers={**signed["headers"], "Range": "bytes=0-3"}, timeout=60)
         assert (ranged.status_code, ranged.content) == (206, b"aaaa")
