@@ -143,8 +143,12 @@ def test_args_that_rule_presigning_out(seaweed: StorageServer, tmp_path: Path, e
         presigned = httpx.get(f"{proxy.api}/presigned/x/f.bin", timeout=60)
         assert presigned.status_code == 501
         assert presigned.json()["message"].endswith("Presigned artifact transfers are unavailable.")
-        # The proxied way still works, and the key went nowhere a client can see.
+        # The proxied way still works, streamed in parts past 8 MiB, and the key went nowhere a client can see.
         assert httpx.get(proxy.artifact_url("x/f.bin"), timeout=60).content == b"proxied"
+        big = b"s" * (9 * MiB) + b"tail"
+        assert httpx.put(proxy.artifact_url("x/big.bin"), content=big, timeout=60).status_code == 200
+        tail = httpx.get(proxy.artifact_url("x/big.bin"), headers={"Range": f"bytes={len(big) - 4}-"}, timeout=60)
+        assert (tail.status_code, tail.content) == (206, b"tail")
         for response in (created, presigned):
             assert SSE_C_KEY not in response.text and base64.b64encode(SSE_C_KEY.encode()).decode() not in response.text
         assert proxy.logged("presigned multipart uploads and downloads are off")

@@ -32,9 +32,16 @@ logger = logging.getLogger("artifact_proxy.storage.s3")
 ABORT_GRACE = 30.0  # seconds a shielded abort may take after a failure or cancellation
 DIGEST_TAG, ETAG_TAG = "sha256", "etag"  # the upload's SHA-256: user metadata (single PUT) or tags (multipart)
 # Upload args that later calls on the object must repeat: the SSE-C key on each part and read, requester pays and
-# the bucket-owner check on each call.
+# the bucket-owner check on each call, the checksum algorithm an upload was created with on each of its parts.
 REPEATED_ARGS = frozenset(
-    {"SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer", "ExpectedBucketOwner"}
+    {
+        "SSECustomerAlgorithm",
+        "SSECustomerKey",
+        "SSECustomerKeyMD5",
+        "RequestPayer",
+        "ExpectedBucketOwner",
+        "ChecksumAlgorithm",
+    }
 )
 
 
@@ -132,7 +139,7 @@ class S3Client:
         with self.errors("ListObjectsV2", None):
             await self.sdk.list_objects_v2(Bucket=self.bucket, Prefix=self.dir_prefix(ArtifactPath("")), MaxKeys=1)
 
-    # keys, args and errors -----------------------------------------------------------------------------------------
+    # upload args ---------------------------------------------------------------------------------------------------
     def upload_args(self, path: ArtifactPath) -> dict[str, Any]:
         """What PutObject and CreateMultipartUpload get: the Content-Type a presigned GET then answers with (the one
         our own GET gives), and MLFLOW_S3_UPLOAD_EXTRA_ARGS, which win. No guessed ContentEncoding, unlike MLflow:

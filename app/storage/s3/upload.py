@@ -166,4 +166,6 @@ class S3Uploader:
             response = await client.sdk.upload_part(
                 Bucket=client.bucket, Key=client.key(path), UploadId=upload_id, PartNumber=number, Body=block, **extra
             )
-        return {"PartNumber": number, "ETag": response["ETag"]}
+        # An upload created with a ChecksumAlgorithm is completed only with each part's checksum listed.
+        checksums = {k: v for k, v in response.items() if k.startswith("Checksum") and k != "ChecksumType"}
+        return {"PartNumber": number, "ETag": response["ETag"], **checksums}
