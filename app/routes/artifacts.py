@@ -62,7 +62,9 @@ async def serve_download(request: Request, path: EntryPath) -> Response:
 
 
 def _range_not_satisfiable(headers: dict[str, str]) -> Response:
-    return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", headers)
+    # The body is MLflow's error JSON: the artifact's Content-Type and Content-Disposition would describe another.
+    kept = {name: headers[name] for name in ("content-range", "accept-ranges")}
+    return error_response(416, "INVALID_PARAMETER_VALUE", "Requested range not satisfiable", kept)
 
 
 async def upload(request: Request) -> Response:

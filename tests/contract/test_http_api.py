@@ -94,6 +94,12 @@ def test_unsatisfiable_range_is_416(http: httpx.Client, prefix: str) -> None:
     response = http.get(f"/artifacts/{prefix}/r.bin", headers={"Range": "bytes=10-20"})
     assert response.status_code == 416
     assert response.headers["content-range"] == "bytes */10"
+    # MLflow's error JSON, said to be JSON: not with the artifact's Content-Type or as an attachment.
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "content-disposition" not in response.headers
+    head = http.head(f"/artifacts/{prefix}/r.bin", headers={"Range": "bytes=10-20"})
+    assert (head.status_code, head.headers["content-type"]) == (416, "application/json")
 
 
 def test_if_range_with_stale_etag_sends_whole_file(http: httpx.Client, prefix: str) -> None:
