@@ -191,10 +191,6 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, "BAD_REQUEST", str(exc.detail))
 
 
-async def handle_validation_error(_: Request, exc: Exception) -> Response:
-    return error_response(400, "INVALID_PARAMETER_VALUE", f"Invalid request: {exc}")
-
-
 async def answer_unexpected(scope: Scope, receive: Receive, send: Send, response_started: bool) -> None:
     """The last resort for an error no handler knows, called from inside the `except` that caught it: one log line
     with its traceback, and a 500 in MLflow's shape if no response has started. Nothing is re-raised, so the server

@@ -8,19 +8,13 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from app import __version__
 from app.auth import Authenticator
-from app.errors import (
-    ArtifactProxyError,
-    handle_http_exception,
-    handle_proxy_error,
-    handle_validation_error,
-)
+from app.errors import ArtifactProxyError, handle_http_exception, handle_proxy_error
 from app.metrics import RequestObserver, metrics_endpoint
 from app.middleware import SecurityMiddleware, is_loopback
 from app.passwords import PasswordChecker
@@ -87,7 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exception_handlers={
             ArtifactProxyError: handle_proxy_error,
             StarletteHTTPException: handle_http_exception,
-            RequestValidationError: handle_validation_error,
         },
     )
     app.state.settings = settings
