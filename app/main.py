@@ -12,7 +12,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from app import __version__
+from app import openapi
 from app.auth import Authenticator
 from app.errors import ArtifactProxyError, handle_http_exception, handle_proxy_error
 from app.metrics import RequestObserver, metrics_endpoint
@@ -70,13 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await store.close()
 
-    app = FastAPI(
+    app = openapi.DescribedApp(
         title="artifact-proxy",
-        version=__version__,
         lifespan=lifespan,
-        docs_url=None,
+        openapi_url=f"{settings.static_prefix}/openapi.json",
+        docs_url=None,  # app/openapi.py serves Swagger UI itself, with no Referer for the CDN
         redoc_url=None,
-        openapi_url=None,
         redirect_slashes=False,
         exception_handlers={
             ArtifactProxyError: handle_proxy_error,
@@ -96,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(multipart.routes(prefix))
         app.router.routes.extend(signed.routes(prefix))
     app.router.routes.extend(meta.routes(settings))
+    app.router.routes.extend(openapi.routes(settings.static_prefix))
     if settings.disable_security_middleware:
         logger.warning("security middleware disabled: no Host or origin checks, no security headers")
     else:
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.append(Route(f"{settings.static_prefix}/metrics", metrics_endpoint, methods=["GET"]))
     app.add_middleware(RequestObserver, access_log=settings.access_log)  # sees every final status
     app.add_middleware(ForwardedClient, proxies=proxies)  # outermost: the client address everything else logs
+    app.openapi()  # now, so a route with no description stops the app instead of failing its first /openapi.json
     return app
 
 

@@ -26,7 +26,13 @@ from app.errors import (
     PresignedDownloadUnsupported,
 )
 from app.paths import EntryPath, canonical_path, entry_path, multipart_target
-from app.schemas import AbortMultipartRequest, CompleteMultipartRequest, CreateMultipartRequest, created_upload_json
+from app.schemas import (
+    MAX_PARTS,
+    AbortMultipartRequest,
+    CompleteMultipartRequest,
+    CreateMultipartRequest,
+    created_upload_json,
+)
 from app.signing import trusted_base_url
 from app.storage.base import (
     ArtifactStore,
@@ -41,7 +47,6 @@ from app.storage.base import (
 
 logger = logging.getLogger("artifact_proxy.multipart")
 
-MAX_PARTS = 10_000
 # Request bodies: create and abort are a path and a few fields; complete lists every part with its ETag and URL
 # (presigned URLs run to a kilobyte or two).
 SMALL_BODY_LIMIT = 64 * 1024
