@@ -131,7 +131,7 @@ def if_range_matches(if_range: str | None, meta: ObjectMeta) -> bool:
         return False
     try:
         return int(parsedate_to_datetime(value).timestamp()) == int(meta.last_modified)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year or zone offset past a C int
         return False
 
 

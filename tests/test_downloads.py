@@ -83,3 +83,7 @@ def test_if_range() -> None:
     assert not if_range_matches('W/"abc"', meta)
     assert if_range_matches("Tue, 14 Nov 2023 22:13:20 GMT", meta)
     assert not if_range_matches("Tue, 14 Nov 2023 22:13:21 GMT", meta)
+    # Not a date this file was written at, however far out of range: the whole file, never a 500.
+    assert not if_range_matches("Sun, 06 Nov 99999999999999999999 08:49:37 GMT", meta)
+    assert not if_range_matches("Sun, 06 Nov 1994 08:49:37 +9999999999999999999999", meta)
+    assert not if_range_matches("Sun, 06 Nov 1994 08:49:37 +99999999999", meta)
