@@ -1,14 +1,15 @@
 """schemathesis against the served /openapi.json, over real HTTP, on a local destination.
 
 Every operation gets schema-valid and schema-violating requests: parameters, headers and bodies, unexpected methods,
-and (from tests/utils/fuzz_hooks.py) paths built from traversal, encoded, NUL, backslash and absolute fragments. The
-run passes only if every answer is a status the description lists for the operation, with its content type, headers
-and schema, and no answer is a 5xx: the MLflow client retries a 5xx seven times, so a client mistake answered with
-one costs minutes and repeated uploads. A schema-violating request must be refused (4xx).
+and (from tests/utils/fuzz_hooks.py) paths built from traversal, encoded, NUL, backslash and absolute fragments, and
+out-of-bounds byte ranges and HTTP dates in `Range` and `If-Range`. The run passes only if every answer is a status
+the description lists for the operation, with its content type, headers and schema, and no answer is a 5xx: the
+MLflow client retries a 5xx seven times, so a client mistake answered with one costs minutes and repeated uploads.
+A schema-violating request must be refused (4xx).
 
 Left out: `positive_data_acceptance`, because some schema-valid requests get a 400 that depends on what is stored
 (a parent path that is a file, a directory where a file is expected) and no schema can say that; the `/ajax-api/`
-aliases, which are the same endpoints as `/api/` (tests/test_openapi.py holds them to the same description); and
+aliases, which are the same endpoints as `/api/`, described by the same entries (app/openapi_operations.py); and
 the stateful phase, which would chain requests by their answers.
 
 The CLI, not the pytest plugin: its lazy-fixture loader does not run under pytest 9.2 (it sets `Node._nodeid`).
