@@ -21,7 +21,8 @@ MAX_SEGMENT_BYTES = 255
 # rather than by a store as an error it reports in its own way.
 MAX_PATH_BYTES = 1024
 
-_CONTROL = re.compile("[\x00-\x1f\x7f\ufffd#\\\\]")
+# Lone surrogates (a JSON body may escape one, "\\udc80") name no file and no key: no store can encode them.
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffd#\\\\]")
 _SCHEME_OR_DRIVE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 

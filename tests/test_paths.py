@@ -47,6 +47,7 @@ def test_canonical_forms(raw: str, canonical: str) -> None:
         "ok\x00.txt",
         "ok\n.txt",
         "a\x7fb",
+        "a\udc80b",
         "%c0%ae%c0%ae/x",
         ".artifact.uploading.x",
         "d/.artifact.uploading.y",
@@ -99,7 +100,7 @@ def test_multipart_target_uses_only_the_basename(directory: str, body_path: str,
 @pytest.mark.parametrize(
     "body_path",
     [
-        *("", None, "..", "dir/", "/etc/..", "a\x00b", ".artifact.uploading.z", "%2e%2e", "x#y"),
+        *("", None, "..", "dir/", "/etc/..", "a\x00b", "\udc80.bin", ".artifact.uploading.z", "%2e%2e", "x#y"),
         # MLflow 3.18's cases: what is left after the last separator (or the drive) is empty, `.` or `..`.
         *("C:\\Users\\me\\..", "C:\\Users\\me\\", "C:", "a/.", "src%5C..", "C%3A.."),
     ],

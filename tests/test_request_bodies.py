@@ -91,3 +91,11 @@ def test_a_valid_body_still_works_and_a_large_complete_is_parsed(secured: Proxy)
     # upload, not from a body limit.
     assert answered.status == 404, answered.body
     assert b"multipart upload" in answered.body
+
+
+def test_a_lone_surrogate_in_the_body_path_is_400(secured: Proxy) -> None:
+    # Valid JSON text, but "\udc80" alone is no character: writing the upload's record failed with a 500.
+    body = b'{"path": "\\udc80.bin", "num_parts": 1}'
+    refused = post(secured, "mpu/create/1", {"Authorization": ALICE, "Content-Length": str(len(body))}, body)
+    assert refused.status == 400, refused.body
+    assert json.loads(refused.body)["error_code"] == "INVALID_PARAMETER_VALUE"
