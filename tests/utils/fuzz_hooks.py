@@ -69,10 +69,12 @@ HTTP_DATES = st.builds(
 HEADER_VALUES = {"Range": RANGES, "If-Range": HTTP_DATES | st.sampled_from(['"etag"', 'W/"etag"', '"', "W/"])}
 
 
-def _with_attack(container: dict[str, Any] | None, key: str) -> st.SearchStrategy[Any]:
+def _with_attack(
+    container: dict[str, Any] | None, key: str, attacks: st.SearchStrategy[str] = ATTACK_PATHS
+) -> st.SearchStrategy[Any]:
     if not isinstance(container, dict) or key not in container:
         return st.just(container)
-    return st.just(container) | ATTACK_PATHS.map(lambda attack: {**container, key: attack})
+    return st.just(container) | attacks.map(lambda attack: {**container, key: attack})
 
 
 @schemathesis.hook
@@ -95,4 +97,5 @@ def flatmap_headers(context: Any, headers: dict[str, Any] | None) -> st.SearchSt
 
 @schemathesis.hook
 def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
-    return _with_attack(body, "path")
+    # A JSON body can carry what a URL cannot: a lone surrogate, escaped.
+    return _with_attack(body, "path", ATTACK_PATHS | st.sampled_from(["\udc80.bin", "a/\ud800"]))
