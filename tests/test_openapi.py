@@ -108,5 +108,5 @@ def test_the_listing_model_describes_what_the_listing_builds(body: dict[str, obj
 @pytest.mark.parametrize("upload_id", ["u-1", None])  # None: Azure has no upload ids
 def test_the_multipart_model_describes_what_create_builds(upload_id: str | None) -> None:
     created = CreatedMultipartUpload(upload_id, [PartCredential("http://x/1", 1, {"x-ms-blob-type": "BlockBlob"})])
-    body = schemas.created_upload_json(created)
+    body = schemas.created_upload_json(created, "")
     assert schemas.CreateMultipartResponse.model_validate(body).upload_id == upload_id

@@ -74,6 +74,6 @@ def test_schemathesis_finds_no_5xx_and_no_answer_the_description_does_not_allow(
     fuzzed = sum(len(methods) for path, methods in described.items() if not path.startswith("/ajax-api/"))
     assert f"Tested: {fuzzed - 1}" in report, report[-5000:]  # all but GET of the document it loaded
     log = served.log()
-    assert not re.search(r'HTTP/1\.1" 5\d\d$', log, re.MULTILINE)
+    assert not re.search(r'HTTP/1\.1" 5\d\d ', log)  # the status, then bytes and duration (app/metrics.py)
     # The hooks' paths reached the validator (and were refused), so the run tested it.
-    assert re.search(r'artifacts/[^ ]*\.\.[^ ]* HTTP/1\.1" 400$', log, re.MULTILINE)
+    assert re.search(r'artifacts/[^ ]*\.\.[^ ]* HTTP/1\.1" 400 ', log)
