@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
 GCS_GRANULE = 256 * 1024  # GCS resumable chunks must be multiples of this
+IAM_CREDENTIALS_ROOT = "https://iamcredentials.googleapis.com"
 _BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
@@ -24,6 +25,13 @@ Bytes = Annotated[int, BeforeValidator(_size)]
 def ours(name: str, *others: str) -> AliasChoices:
     """`ARTIFACT_PROXY_<NAME>` first, then the other names the setting is known by."""
     return AliasChoices(f"ARTIFACT_PROXY_{name.upper()}", *others)
+
+
+def _base_url(value: str | None) -> str | None:
+    if not value or not value.strip():
+        return None
+    value = value.strip().rstrip("/")
+    return value if "://" in value else f"http://{value}"  # STORAGE_EMULATOR_HOST is often bare host:port
 
 
 class Branch(BaseSettings):
@@ -90,6 +98,17 @@ class GCSSettings(Branch):
         validation_alias=ours("gcs_credentials_file", "GOOGLE_APPLICATION_CREDENTIALS"),
         description="Service-account key file",
     )
+    signing_service_account: str | None = Field(
+        None,
+        validation_alias=ours("gcs_signing_service_account"),
+        description="Sign URLs through IAM signBlob as this service account; default, without a key file, the "
+        "metadata server's account",
+    )
+    iam_api_root: str = Field(
+        IAM_CREDENTIALS_ROOT,
+        validation_alias=ours("gcs_iam_api_root"),
+        description="IAM Credentials API root, for signBlob",
+    )
     upload_chunk_size: Bytes = Field(
         8 * MiB, ge=1, validation_alias=AliasChoices("MLFLOW_GCS_UPLOAD_CHUNK_SIZE"), description="Resumable chunk size"
     )
@@ -100,10 +119,12 @@ class GCSSettings(Branch):
     @field_validator("api_root", "signed_url_base")
     @classmethod
     def _normalise_url(cls, value: str | None) -> str | None:
-        if not value or not value.strip():
-            return None
-        value = value.strip().rstrip("/")
-        return value if "://" in value else f"http://{value}"  # STORAGE_EMULATOR_HOST is often bare host:port
+        return _base_url(value)
+
+    @field_validator("iam_api_root")
+    @classmethod
+    def _normalise_iam_root(cls, value: str) -> str:
+        return _base_url(value) or IAM_CREDENTIALS_ROOT
 
     @property
     def upload_block(self) -> int:

@@ -5,7 +5,6 @@ fake-gcs-server checks no signatures, so signing is pinned separately against gc
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import socket
@@ -31,7 +30,9 @@ from app.paths import ArtifactPath
 from app.settings import Settings
 from app.storage.base import CompletedPart, FileInfo, supports_multipart_upload, supports_presigned_download
 from app.storage.gcs import GCSStore
-from app.storage.gcs.signing import find_signing_key, signed_url
+from app.storage.gcs.config import PUBLIC_ENDPOINT
+from app.storage.gcs.credentials import find_signing_key
+from app.storage.gcs.signing import KeySigner, URLSigner
 from app.store_settings import GCSSettings
 from tests.servers import StorageServer, stop_process
 from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
@@ -193,6 +194,8 @@ async def test_capabilities_need_a_signing_key(
 ) -> None:
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no application-default credentials either
+    for name in ("GCE_METADATA_HOST", "GCE_METADATA_ROOT", "ARTIFACT_PROXY_GCS_SIGNING_SERVICE_ACCOUNT"):
+        monkeypatch.delenv(name, raising=False)  # nor a way to IAM (credentials.py has the rule)
     signed = make_store(gcs_server, "caps")
     assert supports_multipart_upload(signed) and supports_presigned_download(signed)
     switched_off = make_store(gcs_server, "caps", enable_multipart=False)
@@ -201,7 +204,7 @@ async def test_capabilities_need_a_signing_key(
     assert not supports_multipart_upload(unsigned) and not supports_presigned_download(unsigned)
 
 
-def test_signature_matches_gcloud_aio_signer(gcs_server: StorageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_signature_matches_gcloud_aio_signer(gcs_server: StorageServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """fake-gcs-server accepts any signature, so pin ours to gcloud-aio-storage's V4 implementation."""
     now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -226,8 +229,8 @@ def test_signature_matches_gcloud_aio_signer(gcs_server: StorageServer, monkeypa
         finally:
             await storage.close()
 
-    ours = signed_url(key, method="PUT", bucket="bkt", object_name=name, expires_in=600, query=query, now=now)
-    assert ours == asyncio.run(reference())
+    ours = await URLSigner(KeySigner(key), "bkt", PUBLIC_ENDPOINT).url("PUT", name, 600, query, now)
+    assert ours == await reference()
 
 
 # errors ------------------------------------------------------------------------------------------------------------

@@ -10,9 +10,13 @@
   the reserved `.artifact.uploading.mpu/` segment, PUT by the client to a V4-signed URL and composed into the target
   at complete. Abandoned uploads leave staging objects behind: give the bucket a lifecycle rule on that prefix.
 
+- Signing: V4 URLs, signed with a service-account key, or through IAM signBlob when there is none (GKE Workload
+  Identity, GCE: the metadata server's account, or a configured one); `credentials` holds the rule.
+
 The store (`store`) holds its parts: the client (`client`: session, names, requests, object primitives), the reader
-(`reader`), the object writer (`writer`), the URL signer (`signing`) and the composed uploads (`multipart`); `errors`
-maps failures, `config` the destination URI (the settings are `settings.gcs`).
+(`reader`), the object writer (`writer`), the URL signer (`signing`, with `iam` and the rule in `credentials`) and
+the composed uploads (`multipart`); `errors` maps failures, `config` the destination URI (the settings are
+`settings.gcs`).
 """
 
 from app.storage.gcs.store import GCSStore

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -26,7 +26,8 @@ from app.store_settings import GCSSettings
 
 logger = logging.getLogger("artifact_proxy.storage.gcs")
 
-CONCURRENCY = 16  # parallel deletes / composes within one operation
+CONCURRENCY = 16  # parallel deletes / composes / signBlob calls within one operation
+T = TypeVar("T")
 OCTET = "application/octet-stream"
 
 
@@ -156,17 +157,18 @@ class GCSClient:
         await bounded(one(name) for name in names)
 
 
-async def bounded(jobs: Iterable[Awaitable[None]]) -> None:
-    """Run the jobs at most CONCURRENCY at a time; the first failure is raised alone, as the callers expect."""
+async def bounded(jobs: Iterable[Awaitable[T]]) -> list[T]:
+    """The jobs' results in order, running at most CONCURRENCY at a time; the first failure is raised alone (the
+    others are cancelled), as the callers and the error handlers expect one mapped error."""
     limit = asyncio.Semaphore(CONCURRENCY)
 
-    async def run(job: Awaitable[None]) -> None:
+    async def run(job: Awaitable[T]) -> T:
         async with limit:
-            await job
+            return await job
 
     try:
         async with asyncio.TaskGroup() as group:
-            for job in jobs:
-                group.create_task(run(job))
-    except ExceptionGroup as errors:  # callers and the error handlers expect one mapped error
+            tasks = [group.create_task(run(job)) for job in jobs]
+    except ExceptionGroup as errors:
         raise errors.exceptions[0] from None
+    return [task.result() for task in tasks]

@@ -18,14 +18,13 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-import anyio.to_thread
-
 from app.errors import (
     AlreadyExists,
     ArtifactNotFound,
     ArtifactProxyError,
     InvalidParameter,
     IsADirectoryArtifact,
+    MultipartUploadUnsupported,
     PayloadTooLarge,
     ResourceNotFound,
 )
@@ -33,7 +32,7 @@ from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage.base import DEFAULT_COMPLETE, CompletedPart, CompleteOptions, CreatedMultipartUpload, PartCredential
 from app.storage.gcs.client import OCTET, GCSClient, bounded, logger
-from app.storage.gcs.signing import URLSigner
+from app.storage.gcs.signing import CannotSign, URLSigner
 
 COMPOSE_LIMIT = 32  # sources per compose call
 STAGING_DIR = f"{TEMP_PREFIX}mpu"
@@ -59,9 +58,10 @@ class ComposedUploads:
         upload_id = secrets.token_hex(16)
         staging = self._staging(path, upload_id)
         names = [f"{staging}part-{i:05d}" for i in range(1, num_parts + 1)]
-        ttl = self._settings.multipart_url_ttl
-        # RSA signing costs about 1 ms per URL: one thread hop for the batch keeps the event loop free.
-        urls = await anyio.to_thread.run_sync(self._signer.urls, "PUT", names, ttl)
+        try:
+            urls = await self._signer.urls("PUT", names, self._settings.multipart_url_ttl)
+        except CannotSign as exc:  # the signer logged why; the MLflow client falls back to a proxied PUT
+            raise MultipartUploadUnsupported() from exc
         return CreatedMultipartUpload(upload_id, [PartCredential(url, i, {}) for i, url in enumerate(urls, 1)])
 
     async def complete(

@@ -1,6 +1,7 @@
 """GCSStore: the artifact operations over one bucket prefix, put together from the client (session, names, requests,
-object primitives), the object writer (proxied uploads), the URL signer and the composed uploads (presigned
-multipart). Listing and deleting are here: they are short, and only the store needs them.
+object primitives), the object writer (proxied uploads), the URL signer (a key or IAM, as `credentials.py` chooses)
+and the composed uploads (presigned multipart). Listing and deleting are here: they are short, and only the store
+needs them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from app.downloads import content_disposition
+from app.errors import PresignedDownloadUnsupported
 from app.paths import TEMP_PREFIX, ArtifactPath, EntryPath
 from app.settings import Settings
 from app.storage import StoreConfigError
@@ -27,9 +29,10 @@ from app.storage.base import (
 )
 from app.storage.gcs.client import GCSClient, logger
 from app.storage.gcs.config import parse_gs_uri
+from app.storage.gcs.credentials import choose_signer
 from app.storage.gcs.multipart import ComposedUploads
 from app.storage.gcs.reader import MAX_READ_CHUNK, GCSReadHandle
-from app.storage.gcs.signing import URLSigner, find_signing_key
+from app.storage.gcs.signing import CannotSign, URLSigner
 from app.storage.gcs.writer import ObjectWriter
 
 
@@ -41,28 +44,27 @@ class GCSStore:
         self.settings, self.config = settings, settings.gcs
         self.client = GCSClient(bucket, prefix, settings, self.config)
         try:
-            key = find_signing_key(self.config.credentials_file)
+            signer, self._signing = choose_signer(self.client)
         except (OSError, ValueError) as exc:
             raise StoreConfigError(f"Cannot use the Google credentials ({type(exc).__name__}): {exc}") from exc
         # Signed URLs point where clients must reach the bucket: the configured base, else the API root.
         base_url = self.config.signed_url_base or self.client.api_root
-        self._signer = URLSigner(key, bucket, base_url) if key is not None else None
+        self.url_signer = URLSigner(signer, bucket, base_url) if signer is not None else None
         self.capabilities = Capabilities(
-            multipart_upload=settings.enable_multipart and self._signer is not None,
-            presigned_download=settings.enable_presigned_download and self._signer is not None,
-            can_presign=self._signer is not None,
+            multipart_upload=settings.enable_multipart and self.url_signer is not None,
+            presigned_download=settings.enable_presigned_download and self.url_signer is not None,
+            can_presign=self.url_signer is not None,
         )
         self._read_chunk = min(self.config.download_chunk_size or settings.download_chunk_size, MAX_READ_CHUNK)
         self._writer = ObjectWriter(self.client, self.config.upload_block)
-        self._uploads = ComposedUploads(self.client, self._signer, settings)
+        self._uploads = ComposedUploads(self.client, self.url_signer, settings)
 
     # lifecycle -----------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.client.start()
-        signer = f"as {self._signer.key.client_email}" if self._signer else "unavailable (no service-account key)"
         client = self.client
         logger.info(
-            "GCS store gs://%s/%s via %s; URL signing %s", client.bucket, client.prefix, client.api_root, signer
+            "GCS store gs://%s/%s via %s; URL signing %s", client.bucket, client.prefix, client.api_root, self._signing
         )
 
     async def close(self) -> None:
@@ -102,7 +104,8 @@ class GCSStore:
         await self.client.delete_prefix(self.client.dir_prefix(path))
 
     # presigned multipart -------------------------------------------------------------------------------------------
-    # The routes call these only when `capabilities` offers them (app/storage/base.py): then there is a signer.
+    # The routes call these only when `capabilities` offers them (app/storage/base.py): then there is a signer. One
+    # that cannot sign after all (IAM refusing) answers the 501s the MLflow client knows, as a store without one would.
     async def create_multipart_upload(self, path: EntryPath, num_parts: int) -> CreatedMultipartUpload:
         return await self._uploads.create(path, num_parts)
 
@@ -120,12 +123,16 @@ class GCSStore:
 
     # presigned download --------------------------------------------------------------------------------------------
     async def presign_download(self, path: EntryPath) -> PresignedUrl:
-        assert self._signer is not None
+        assert self.url_signer is not None
         data = await self.client.stat(path)
         query = {"response-content-disposition": content_disposition(path.basename)}
         if data.get("generation"):
             query["generation"] = str(data["generation"])  # every ranged fetch then reads the same version
-        url = self._signer.url("GET", self.client.object_name(path), self.settings.presigned_download_ttl, query)
+        ttl = self.settings.presigned_download_ttl
+        try:
+            url = await self.url_signer.url("GET", self.client.object_name(path), ttl, query)
+        except CannotSign as exc:  # the signer logged why; a client told to fall back reads through us
+            raise PresignedDownloadUnsupported() from exc
         return PresignedUrl(url, {}, int(data.get("size", 0)))
 
 
