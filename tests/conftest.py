@@ -28,7 +28,7 @@ def local_server(tmp_dir: Path) -> Iterator[StorageServer]:
 def _backend_factories() -> dict[str, Callable[[Path], AbstractContextManager[StorageServer]]]:
     from tests.servers.azure import azurite_server
     from tests.servers.ftp import ftp_server
-    from tests.servers.gcs import fake_gcs_server
+    from tests.servers.gcs import fake_gcs_iam_server, fake_gcs_server
     from tests.servers.s3 import seaweedfs_server
     from tests.servers.sftp import sftp_server
 
@@ -36,6 +36,7 @@ def _backend_factories() -> dict[str, Callable[[Path], AbstractContextManager[St
         "local": local_server,
         "s3": seaweedfs_server,
         "gcs": fake_gcs_server,
+        "gcs-iam": fake_gcs_iam_server,
         "azure": azurite_server,
         "sftp": sftp_server,
         "ftp": ftp_server,
@@ -44,10 +45,14 @@ def _backend_factories() -> dict[str, Callable[[Path], AbstractContextManager[St
 
 
 # Servers that accept any signature: tests of tamper refusal cannot run against them (test-servers.md).
-UNVERIFIED_SIGNATURES = {"gcs"}
+UNVERIFIED_SIGNATURES = {"gcs", "gcs-iam"}
 
-
-BACKENDS = list(_backend_factories())
+# A backend again, with its URLs signed another way (GCS through IAM signBlob, as on GKE, instead of a key file).
+# Only what signs differs, so only the presigning tests run against these: they parametrize `backend` with
+# PRESIGNING_BACKENDS.
+SIGNING_VARIANTS = ["gcs-iam"]
+BACKENDS = [name for name in _backend_factories() if name not in SIGNING_VARIANTS]
+PRESIGNING_BACKENDS = [*BACKENDS, *SIGNING_VARIANTS]
 
 
 @pytest.fixture(scope="session")

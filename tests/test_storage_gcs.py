@@ -1,6 +1,8 @@
 """GCSStore against fake-gcs-server: streamed writes, ranged reads, listing, deletes, multipart, presigning, outages.
 
 fake-gcs-server checks no signatures, so signing is pinned separately against gcloud-aio-storage's own V4 signer.
+The tests of signed URLs run with both signers: a key file ("key") and IAM signBlob as on GKE ("iam", through the
+stand-in of tests/servers/gce.py).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ from app.storage.base import CompletedPart, FileInfo, supports_multipart_upload,
 from app.storage.gcs import GCSStore
 from app.storage.gcs.config import PUBLIC_ENDPOINT
 from app.storage.gcs.credentials import find_signing_key
+from app.storage.gcs.iam import IamSigner
 from app.storage.gcs.signing import KeySigner, URLSigner
 from app.store_settings import GCSSettings
 from tests.servers import StorageServer, stop_process
-from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
+from tests.servers.gce import GCEStandIn, gce_stand_in
+from tests.servers.gcs import BUCKET, as_on_gke, create_bucket, fake_gcs_server, start_fake_gcs
 from tests.utils.streams import read_all, stream
 
 BLOCK = 256 * 1024
+BOTH_SIGNERS = pytest.mark.parametrize("signing", ["key", "iam"])
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +52,24 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServ
         yield server
 
 
-def make_store(server: StorageServer, prefix: str, *, signing: bool = True, **settings: object) -> GCSStore:
+@pytest.fixture(scope="module")
+def gce(gcs_server: StorageServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCEStandIn]:
+    key_file = Path(gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"])
+    with gce_stand_in(key_file, tmp_path_factory.mktemp("gce")) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def on_gke(gce: GCEStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> GCEStandIn:
+    as_on_gke(gce, monkeypatch, tmp_path)
+    return gce
+
+
+def make_store(server: StorageServer, prefix: str, *, key: bool = True, **settings: object) -> GCSStore:
+    """A store signing with the key file, or (`key=False`) with whatever the environment offers."""
     config = GCSSettings(
         api_root=server.endpoint,
-        credentials_file=server.env["GOOGLE_APPLICATION_CREDENTIALS"] if signing else None,
+        credentials_file=server.env["GOOGLE_APPLICATION_CREDENTIALS"] if key else None,
         upload_chunk_size=BLOCK,  # small blocks, so a few hundred KiB already take the resumable path
     )
     store_settings = Settings(storage_timeout=5, gcs=config, **settings)  # type: ignore[arg-type]
@@ -58,8 +77,17 @@ def make_store(server: StorageServer, prefix: str, *, signing: bool = True, **se
 
 
 @pytest.fixture
-async def store(gcs_server: StorageServer) -> AsyncIterator[GCSStore]:
-    gcs = make_store(gcs_server, f"t-{uuid.uuid4().hex[:8]}/root")
+def signing() -> str:
+    return "key"  # BOTH_SIGNERS parametrizes it
+
+
+@pytest.fixture
+async def store(gcs_server: StorageServer, signing: str, request: pytest.FixtureRequest) -> AsyncIterator[GCSStore]:
+    if signing == "iam":
+        request.getfixturevalue("on_gke")
+    gcs = make_store(gcs_server, f"t-{uuid.uuid4().hex[:8]}/root", key=signing == "key")
+    assert gcs.url_signer is not None
+    assert isinstance(gcs.url_signer.signer, KeySigner if signing == "key" else IamSigner)
     await gcs.start()
     try:
         yield gcs
@@ -79,6 +107,7 @@ async def raw_names(server: StorageServer, prefix: str) -> list[str]:
 
 # write / read ------------------------------------------------------------------------------------------------------
 # list / delete -----------------------------------------------------------------------------------------------------
+@BOTH_SIGNERS
 async def test_list_hides_multipart_staging(store: GCSStore) -> None:
     await store.write(p("sub/b.txt"), stream(b"bb"), None)
     created = await store.create_multipart_upload(p("sub/m.bin"), 1)
@@ -119,6 +148,7 @@ def staging_prefix(store: GCSStore) -> str:
     return f"{store.client.prefix}/.artifact.uploading.mpu/"
 
 
+@BOTH_SIGNERS
 async def test_multipart_round_trip_and_cleanup(store: GCSStore, gcs_server: StorageServer) -> None:
     parts = [os.urandom(BLOCK), os.urandom(BLOCK), b"tail bytes"]
     target = p("models/my model ü.bin")  # spaces and non-ASCII must survive signing and the emulator's route
@@ -135,6 +165,7 @@ async def test_multipart_round_trip_and_cleanup(store: GCSStore, gcs_server: Sto
     assert [i.path for i in await store.list(p(""))] == ["models"]
 
 
+@BOTH_SIGNERS
 async def test_multipart_composes_more_than_32_parts(store: GCSStore, gcs_server: StorageServer) -> None:
     parts = [f"part {i};".encode() for i in range(1, 71)]
     created = await store.create_multipart_upload(p("many.bin"), len(parts))
@@ -144,6 +175,7 @@ async def test_multipart_composes_more_than_32_parts(store: GCSStore, gcs_server
     assert await raw_names(gcs_server, staging_prefix(store)) == []
 
 
+@BOTH_SIGNERS
 async def test_multipart_abort_and_errors(store: GCSStore, gcs_server: StorageServer) -> None:
     created = await store.create_multipart_upload(p("x.bin"), 3)
     done = upload_parts([c.url for c in created.credentials[:2]], [b"a", b"b"])
@@ -164,6 +196,7 @@ async def test_multipart_abort_and_errors(store: GCSStore, gcs_server: StorageSe
         await store.open_read(p("x.bin"))
 
 
+@BOTH_SIGNERS
 async def test_multipart_rejects_a_replaced_part(store: GCSStore) -> None:
     created = await store.create_multipart_upload(p("e.bin"), 1)
     upload_parts([created.credentials[0].url], [b"original"])
@@ -173,6 +206,7 @@ async def test_multipart_rejects_a_replaced_part(store: GCSStore) -> None:
 
 
 # presigned download ------------------------------------------------------------------------------------------------
+@BOTH_SIGNERS
 async def test_presigned_download_with_range(store: GCSStore, gcs_server: StorageServer) -> None:
     data = os.urandom(BLOCK + 100)
     await store.write(p("dl/file.bin"), stream(data), None)
@@ -200,7 +234,7 @@ async def test_capabilities_need_a_signing_key(
     assert supports_multipart_upload(signed) and supports_presigned_download(signed)
     switched_off = make_store(gcs_server, "caps", enable_multipart=False)
     assert not supports_multipart_upload(switched_off) and supports_presigned_download(switched_off)
-    unsigned = make_store(gcs_server, "caps", signing=False)
+    unsigned = make_store(gcs_server, "caps", key=False)
     assert not supports_multipart_upload(unsigned) and not supports_presigned_download(unsigned)
 
 

@@ -11,10 +11,15 @@ import pytest
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
+from tests.conftest import PRESIGNING_BACKENDS
 from tests.servers import free_port
 from tests.utils.proxy import Proxy
 
-pytestmark = pytest.mark.usefixtures("presigning_backend")
+pytestmark = [
+    pytest.mark.usefixtures("presigning_backend"),
+    # Every way of signing, too: GCS with a key file ("gcs") and through IAM signBlob, as on GKE ("gcs-iam").
+    pytest.mark.parametrize("backend", PRESIGNING_BACKENDS, indirect=True, scope="session"),
+]
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # the S3 minimum part size; every backend accepts it

