@@ -158,17 +158,20 @@ class GCSClient:
 
 
 async def bounded(jobs: Iterable[Awaitable[T]]) -> list[T]:
-    """The jobs' results in order, running at most CONCURRENCY at a time; the first failure is raised alone (the
-    others are cancelled), as the callers and the error handlers expect one mapped error."""
-    limit = asyncio.Semaphore(CONCURRENCY)
+    """The jobs' results in order, at most CONCURRENCY running at once. Workers take a job only when free, so from a
+    generator none is even created once one has failed (and a 10,000-part batch is not 10,000 tasks). The first
+    failure is raised alone, the others cancelled: callers and the error handlers expect one mapped error."""
+    pending = enumerate(jobs)
+    results: dict[int, T] = {}
 
-    async def run(job: Awaitable[T]) -> T:
-        async with limit:
-            return await job
+    async def worker() -> None:
+        for index, job in pending:  # shared by the workers: next() runs between awaits, never inside one
+            results[index] = await job
 
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(run(job)) for job in jobs]
+            for _ in range(CONCURRENCY):
+                group.create_task(worker())
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None
-    return [task.result() for task in tasks]
+    return [results[index] for index in range(len(results))]
