@@ -10,12 +10,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.servers import StorageServer
 from tests.utils.proxy import Proxy, running_proxy
+
+if TYPE_CHECKING:
+    from tests.servers.gce import GCEStandIn
 
 
 @contextmanager
@@ -99,6 +103,26 @@ NO_PRESIGNING = {"sftp", "ftp"}
 def presigning_backend(backend: str) -> None:
     if backend in NO_PRESIGNING:
         pytest.skip(f"the {backend} backend cannot presign: multipart and presigned downloads answer 501")
+
+
+# GCS without a key file, as on GKE, for modules whose `gcs_server` fixture is a fake-gcs-server ---------------------
+@pytest.fixture(scope="module")
+def gce(gcs_server: StorageServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCEStandIn]:
+    """The metadata server and IAM's signBlob (tests/servers/gce.py), signing with the module's server's key."""
+    from tests.servers.gce import gce_stand_in
+
+    key_file = Path(gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"])
+    with gce_stand_in(key_file, tmp_path_factory.mktemp("gce")) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def on_gke(gce: GCEStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> GCEStandIn:
+    """This process with no Google key and the stand-in as its metadata server, for the test's duration."""
+    from tests.servers.gcs import as_on_gke
+
+    as_on_gke(gce, monkeypatch, tmp_path)
+    return gce
 
 
 @pytest.fixture

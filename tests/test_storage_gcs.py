@@ -2,7 +2,7 @@
 
 fake-gcs-server checks no signatures, so signing is pinned separately against gcloud-aio-storage's own V4 signer.
 The tests of signed URLs run with both signers: a key file ("key") and IAM signBlob as on GKE ("iam", through the
-stand-in of tests/servers/gce.py).
+stand-in of tests/servers/gce.py); what only IAM signing does is in tests/test_storage_gcs_iam.py.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from app.storage.gcs.iam import IamSigner
 from app.storage.gcs.signing import KeySigner, URLSigner
 from app.store_settings import GCSSettings
 from tests.servers import StorageServer, stop_process
-from tests.servers.gce import GCEStandIn, gce_stand_in
-from tests.servers.gcs import BUCKET, as_on_gke, create_bucket, fake_gcs_server, start_fake_gcs
+from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
 from tests.utils.streams import read_all, stream
 
 BLOCK = 256 * 1024
@@ -50,19 +49,6 @@ BOTH_SIGNERS = pytest.mark.parametrize("signing", ["key", "iam"])
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageServer]:
     with fake_gcs_server(tmp_path_factory.mktemp("gcs")) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def gce(gcs_server: StorageServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCEStandIn]:
-    key_file = Path(gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"])
-    with gce_stand_in(key_file, tmp_path_factory.mktemp("gce")) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def on_gke(gce: GCEStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> GCEStandIn:
-    as_on_gke(gce, monkeypatch, tmp_path)
-    return gce
 
 
 def make_store(server: StorageServer, prefix: str, *, key: bool = True, **settings: object) -> GCSStore:
@@ -229,7 +215,7 @@ async def test_capabilities_need_a_signing_key(
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no application-default credentials either
     for name in ("GCE_METADATA_HOST", "GCE_METADATA_ROOT", "ARTIFACT_PROXY_GCS_SIGNING_SERVICE_ACCOUNT"):
-        monkeypatch.delenv(name, raising=False)  # nor a way to IAM (credentials.py has the rule)
+        monkeypatch.delenv(name, raising=False)  # nor a way to IAM (tests/test_storage_gcs_iam.py has the rule)
     signed = make_store(gcs_server, "caps")
     assert supports_multipart_upload(signed) and supports_presigned_download(signed)
     switched_off = make_store(gcs_server, "caps", enable_multipart=False)
