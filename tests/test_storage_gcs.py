@@ -8,6 +8,7 @@ stand-in of tests/servers/gce.py); what only IAM signing does is in tests/test_s
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import types
@@ -33,9 +34,8 @@ from app.settings import Settings
 from app.storage.base import CompletedPart, FileInfo, supports_multipart_upload, supports_presigned_download
 from app.storage.gcs import GCSStore
 from app.storage.gcs.config import PUBLIC_ENDPOINT
-from app.storage.gcs.credentials import find_signing_key
 from app.storage.gcs.iam import IamSigner
-from app.storage.gcs.signing import KeySigner, URLSigner
+from app.storage.gcs.signing import KeySigner, URLSigner, signing_key_from_service_data
 from app.store_settings import GCSSettings
 from tests.servers import StorageServer, stop_process
 from tests.servers.gcs import BUCKET, create_bucket, fake_gcs_server, start_fake_gcs
@@ -236,7 +236,7 @@ async def test_signature_matches_gcloud_aio_signer(gcs_server: StorageServer, mo
     monkeypatch.setattr(blob, "datetime", types.SimpleNamespace(datetime=FrozenDatetime, timezone=dt.timezone))
     monkeypatch.setattr(blob, "HOST", "storage.googleapis.com")
     credentials = gcs_server.env["GOOGLE_APPLICATION_CREDENTIALS"]
-    key = find_signing_key(credentials)
+    key = signing_key_from_service_data(json.loads(Path(credentials).read_text()))
     assert key is not None and "PRIVATE" not in repr(key)
     name = "pre/dir/a file+ü~.bin"
     query = {"response-content-disposition": "attachment; filename=x.bin"}

@@ -20,13 +20,7 @@ from gcloud.aio.auth.token import get_service_data
 
 from app.storage.gcs.client import GCSClient
 from app.storage.gcs.iam import SETTING, IamSigner
-from app.storage.gcs.signing import KeySigner, Signer, SigningKey, signing_key_from_service_data
-
-
-def find_signing_key(credentials_file: str | None) -> SigningKey | None:
-    """The key of the credentials gcloud-aio's token also uses (an explicit file, else ADC), if they are a service
-    account; user and metadata-server credentials cannot sign locally."""
-    return signing_key_from_service_data(get_service_data(credentials_file))
+from app.storage.gcs.signing import KeySigner, Signer, signing_key_from_service_data
 
 
 def metadata_server_configured() -> bool:
@@ -37,7 +31,7 @@ def choose_signer(client: GCSClient) -> tuple[Signer | None, str]:
     """The signer (rules above), and how the start log describes URL signing. Raises OSError or ValueError for a
     credentials file that cannot be read."""
     config = client.config
-    data = get_service_data(config.credentials_file)
+    data = get_service_data(config.credentials_file)  # what gcloud-aio's tokens use: the file, else ADC, else {}
     key = signing_key_from_service_data(data)
     account = config.signing_service_account
     if key is not None and account in (None, key.client_email):

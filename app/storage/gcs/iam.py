@@ -39,7 +39,10 @@ from app.store_settings import GCSSettings
 
 logger = logging.getLogger("artifact_proxy.storage.gcs")
 
-IAM_SCOPE = "https://www.googleapis.com/auth/iam"  # the narrowest scope signBlob takes (cloud-platform also does)
+# The narrowest scope signBlob takes (cloud-platform also does), asked of key, user and impersonated credentials. The
+# metadata server is asked no scope (gcloud-aio sends none): its tokens carry the VM's access scopes, or on GKE the
+# Workload Identity token's; a token without either scope is IAM's ACCESS_TOKEN_SCOPE_INSUFFICIENT, logged as such.
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 ROLE = "roles/iam.serviceAccountTokenCreator"
 SETTING = "ARTIFACT_PROXY_GCS_SIGNING_SERVICE_ACCOUNT"
 
@@ -53,7 +56,7 @@ class _Failure(Exception):
 
 
 class IamSigner:
-    """Signs through IAM as `account`, or as the metadata server's default account when none is configured."""
+    """Signs through IAM as the configured account, else as the metadata server's default account."""
 
     def __init__(self, client: GCSClient, config: GCSSettings) -> None:
         self._client, self._root = client, config.iam_api_root
@@ -62,10 +65,6 @@ class IamSigner:
         self._email_lock = asyncio.Lock()
         self._token: Token | None = None
         self._token_session: aiohttp.ClientSession | None = None
-
-    def __repr__(self) -> str:
-        account = self._email or "the metadata server's account"
-        return f"IAM signBlob as {account} (at {self._root})"
 
     async def email(self) -> str:
         async with self._email_lock:  # the first requests of a worker would otherwise all ask

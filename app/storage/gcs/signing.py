@@ -175,9 +175,6 @@ class KeySigner:
     def __init__(self, key: SigningKey) -> None:
         self.key = key
 
-    def __repr__(self) -> str:
-        return f"the key of {self.key.client_email}"
-
     async def email(self) -> str:
         return self.key.client_email
 
