@@ -24,7 +24,8 @@ node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch node_modules/.installed
 
-# The full `mlflow` package (tracking server) lives in its own venv: the stack tests drive it.
+# The full `mlflow` package (tracking server, and the second of the two MLflow clients the tests drive: the mlflow==
+# pin of constraints.txt) lives in its own venv. The script is fast when it is in place and reinstalls on a new pin.
 mlflow-venv:
 	bash deploy/setup-mlflow-venv.sh
 
