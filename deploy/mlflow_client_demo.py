@@ -108,6 +108,7 @@ def main() -> None:
                 "model_id": info.model_id,
                 "model_uri": info.model_uri,
                 "model_artifact_location": logged.artifact_location,
+                "mlflow_version": mlflow.__version__,
             }
         )
     )

@@ -2,6 +2,9 @@
 
 The contract suite is parametrized over every backend: `proxy` starts (once per backend per session) the storage
 server and the service in front of it. A server that cannot start is a test failure, never a skip.
+
+Tests of the real MLflow client take `mlflow_client`, parametrized over the two pinned clients
+(tests/utils/mlflow_clients.py): a missing or mis-versioned client is a failure too.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ import httpx
 import pytest
 
 from tests.servers import StorageServer
+from tests.utils.mlflow_clients import (
+    IN_PROCESS_VERSION,
+    VERSIONS,
+    ArtifactClient,
+    ClientSetupError,
+    Worker,
+    make_client,
+)
 from tests.utils.proxy import Proxy, running_proxy
 
 if TYPE_CHECKING:
@@ -135,3 +146,24 @@ def http(proxy: Proxy) -> Iterator[httpx.Client]:
 def prefix() -> str:
     """A fresh directory per test, so tests sharing one store never see each other's files."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """The newer MLflow client's process (.venv-mlflow), started on first use and shared by the whole session."""
+    worker = Worker(tmp_path_factory.mktemp("mlflow-worker"))
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(params=VERSIONS, ids=[f"mlflow-{version}" for version in VERSIONS])
+def mlflow_client(request: pytest.FixtureRequest) -> Iterator[ArtifactClient]:
+    """Each pinned MLflow client in turn, fresh for each test: no repository or server-info answer carries over."""
+    version = str(request.param)
+    try:
+        worker = None if version == IN_PROCESS_VERSION else request.getfixturevalue("mlflow_worker")
+        client = make_client(version, worker)
+    except ClientSetupError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield client
+    client.close()

@@ -28,6 +28,7 @@ import pytest
 
 from tests.servers import StorageServer, free_port, http_ok, start_process, stop_process, wait_until
 from tests.servers.s3 import boto3_client, seaweedfs_server
+from tests.utils.mlflow_clients import WORKER_VERSION
 from tests.utils.proxy import Proxy, running_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +136,11 @@ def bucket_keys(stack: Stack, path: str) -> set[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
         keys.update(obj["Key"][len(base) :] for obj in page.get("Contents", []))
     return keys
+
+
+def test_the_stack_runs_the_pinned_mlflow(demo: dict[str, Any], stack: Stack) -> None:
+    assert demo["mlflow_version"] == WORKER_VERSION
+    assert httpx.get(f"{stack.tracking_url}/version", timeout=30).text == WORKER_VERSION
 
 
 def test_tracking_server_hands_out_artifact_proxy_uris(demo: dict[str, Any], stack: Stack) -> None:

@@ -1,4 +1,4 @@
-"""The real MLflow client (`mlflow-skinny` 3.x) against the service, on every backend."""
+"""The real MLflow clients (both pins: tests/utils/mlflow_clients.py) against the service, on every backend."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
+from tests.utils.mlflow_clients import ArtifactClient
 from tests.utils.proxy import Proxy
 
 
@@ -31,9 +30,9 @@ def make_tree(root: Path) -> Path:
     return root
 
 
-def mlflow_artifacts_repo(proxy: Proxy, prefix: str) -> MlflowArtifactsRepository:
+def mlflow_artifacts_repo(client: ArtifactClient, proxy: Proxy, prefix: str):  # type: ignore[no-untyped-def]
     port = proxy.url.rsplit(":", 1)[1]
-    return MlflowArtifactsRepository(f"mlflow-artifacts://127.0.0.1:{port}/{prefix}", tracking_uri=proxy.url)
+    return client.mlflow_artifacts_repo(f"mlflow-artifacts://127.0.0.1:{port}/{prefix}", tracking_uri=proxy.url)
 
 
 def assert_same_tree(left: Path, right: Path) -> None:
@@ -45,9 +44,11 @@ def assert_same_tree(left: Path, right: Path) -> None:
         assert_same_tree(left / sub, right / sub)
 
 
-def test_log_and_download_a_tree_with_mlflow_artifacts_uri(proxy: Proxy, prefix: str, tmp_path: Path) -> None:
+def test_log_and_download_a_tree_with_mlflow_artifacts_uri(
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path
+) -> None:
     tree = make_tree(tmp_path / "src")
-    repo = mlflow_artifacts_repo(proxy, f"{prefix}/run/artifacts")
+    repo = mlflow_artifacts_repo(mlflow_client, proxy, f"{prefix}/run/artifacts")
     repo.log_artifacts(str(tree))
     repo.log_artifact(str(tree / "metrics.json"), artifact_path="extra")
 
@@ -64,19 +65,23 @@ def test_log_and_download_a_tree_with_mlflow_artifacts_uri(proxy: Proxy, prefix:
     assert filecmp.cmp(tree / "metrics.json", tmp_path / "extra-downloaded" / "metrics.json", shallow=False)
 
 
-def test_download_single_file_with_http_uri(proxy: Proxy, prefix: str, tmp_path: Path) -> None:
+def test_download_single_file_with_http_uri(
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path
+) -> None:
     source = tmp_path / "blob.bin"
     source.write_bytes(os.urandom(1_500_000))
-    repo = HttpArtifactRepository(proxy.artifact_url(f"{prefix}/run/artifacts"))
+    repo = mlflow_client.http_repo(proxy.artifact_url(f"{prefix}/run/artifacts"))
     repo.log_artifact(str(source), artifact_path="deep/dir")
     (tmp_path / "dl").mkdir()
     local = repo.download_artifacts("deep/dir/blob.bin", dst_path=str(tmp_path / "dl"))
     assert Path(local).read_bytes() == source.read_bytes()
 
 
-def test_delete_artifacts_with_the_client(proxy: Proxy, prefix: str, tmp_path: Path) -> None:
+def test_delete_artifacts_with_the_client(
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path
+) -> None:
     tree = make_tree(tmp_path / "src")
-    repo = mlflow_artifacts_repo(proxy, f"{prefix}/run/artifacts")
+    repo = mlflow_artifacts_repo(mlflow_client, proxy, f"{prefix}/run/artifacts")
     repo.log_artifacts(str(tree))
     repo.delete_artifacts("plots")
     assert sorted(f.path for f in repo.list_artifacts()) == ["metrics.json", "model"]
@@ -84,17 +89,19 @@ def test_delete_artifacts_with_the_client(proxy: Proxy, prefix: str, tmp_path: P
     assert repo.list_artifacts() == []
 
 
-def test_list_of_empty_location_is_empty(proxy: Proxy, prefix: str) -> None:
-    assert mlflow_artifacts_repo(proxy, f"{prefix}/nothing").list_artifacts() == []
+def test_list_of_empty_location_is_empty(mlflow_client: ArtifactClient, proxy: Proxy, prefix: str) -> None:
+    assert mlflow_artifacts_repo(mlflow_client, proxy, f"{prefix}/nothing").list_artifacts() == []
 
 
-def test_early_refusal_of_a_large_put_reaches_the_client_as_a_400(proxy: Proxy, prefix: str, tmp_path: Path) -> None:
+def test_early_refusal_of_a_large_put_reaches_the_client_as_a_400(
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path
+) -> None:
     # The service answers before reading the body; the client must see the 400, not a reset it would retry.
     from requests import HTTPError
 
     refused = tmp_path / ".artifact.uploading.model.bin"
     refused.write_bytes(os.urandom(30 * 1024 * 1024))
-    repo = HttpArtifactRepository(proxy.artifact_url(f"{prefix}/run"))
+    repo = mlflow_client.http_repo(proxy.artifact_url(f"{prefix}/run"))
     with pytest.raises(HTTPError) as caught:
         repo.log_artifact(str(refused))
     assert caught.value.response.status_code == 400

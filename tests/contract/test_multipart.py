@@ -1,4 +1,4 @@
-"""Presigned multipart uploads and presigned downloads, with the real MLflow client, on every backend."""
+"""Presigned multipart uploads and presigned downloads, with the real MLflow clients (both pins), on every backend."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
-from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
 from tests.conftest import PRESIGNING_BACKENDS
 from tests.servers import free_port
+from tests.utils.mlflow_clients import ArtifactClient
 from tests.utils.proxy import Proxy
 
 pytestmark = [
@@ -34,9 +33,9 @@ def _multipart_client(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE", str(4 * MiB))
 
 
-def repo_for(proxy: Proxy, prefix: str) -> MlflowArtifactsRepository:
+def repo_for(client: ArtifactClient, proxy: Proxy, prefix: str):  # type: ignore[no-untyped-def]
     port = proxy.url.rsplit(":", 1)[1]
-    return MlflowArtifactsRepository(f"mlflow-artifacts://127.0.0.1:{port}/{prefix}", tracking_uri=proxy.url)
+    return client.mlflow_artifacts_repo(f"mlflow-artifacts://127.0.0.1:{port}/{prefix}", tracking_uri=proxy.url)
 
 
 def big_file(tmp_path: Path, size: int = 2 * PART + 1234) -> Path:
@@ -59,9 +58,11 @@ def test_server_info_advertises_presigning(proxy: Proxy) -> None:
     assert info["multipart_downloads_enabled"] is True
 
 
-def test_mlflow_client_multipart_upload_round_trips(proxy: Proxy, prefix: str, tmp_path: Path) -> None:
+def test_mlflow_client_multipart_upload_round_trips(
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path
+) -> None:
     source = big_file(tmp_path)
-    repo = repo_for(proxy, f"{prefix}/run/artifacts")
+    repo = repo_for(mlflow_client, proxy, f"{prefix}/run/artifacts")
     repo.log_artifact(str(source), artifact_path="model")
     assert proxy.logged(f"POST /api/2.0/mlflow-artifacts/mpu/create/{prefix}/run/artifacts/model")
     assert proxy.logged(f"POST /api/2.0/mlflow-artifacts/mpu/complete/{prefix}/run/artifacts/model")
@@ -71,32 +72,28 @@ def test_mlflow_client_multipart_upload_round_trips(proxy: Proxy, prefix: str, t
 
 
 def test_mlflow_client_presigned_download(
-    proxy: Proxy, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "true")
     data = os.urandom(9 * MiB + 77)
     httpx.put(proxy.artifact_url(f"{prefix}/d/blob.bin"), content=data, timeout=60).raise_for_status()
     out = tmp_path / "out"
     out.mkdir()
-    local = repo_for(proxy, f"{prefix}/d").download_artifacts("blob.bin", dst_path=str(out))
+    local = repo_for(mlflow_client, proxy, f"{prefix}/d").download_artifacts("blob.bin", dst_path=str(out))
     assert Path(local).read_bytes() == data
     assert proxy.logged(f"GET /api/2.0/mlflow-artifacts/presigned/{prefix}/d/blob.bin")
 
 
 def test_failed_part_makes_the_client_abort_and_nothing_is_visible(
-    proxy: Proxy, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path
 ) -> None:
-    original = HttpArtifactRepository._upload_part
-
-    def upload_part_to_a_dead_host(credential, local_file, size, start_byte):  # type: ignore[no-untyped-def]
-        if credential.part_number == 2:  # a part whose transfer fails, as on a network error
-            credential = type(credential)(url=f"http://127.0.0.1:{free_port()}/x", part_number=2, headers={})
-        return original(credential, local_file, size, start_byte)
-
-    monkeypatch.setattr(HttpArtifactRepository, "_upload_part", staticmethod(upload_part_to_a_dead_host))
     source = big_file(tmp_path)
-    repo = repo_for(proxy, f"{prefix}/run")
-    with pytest.raises(Exception, match="Failed to upload at least one part"):
+    repo = repo_for(mlflow_client, proxy, f"{prefix}/run")
+    # Part 2 goes to a port nobody listens on: a part whose transfer fails, as on a network error.
+    with (
+        mlflow_client.part_urls({2: f"http://127.0.0.1:{free_port()}/x"}),
+        pytest.raises(Exception, match="Failed to upload at least one part"),
+    ):
         repo.log_artifact(str(source))
     assert proxy.logged(f"POST /api/2.0/mlflow-artifacts/mpu/abort/{prefix}/run")
     assert httpx.get(proxy.artifact_url(f"{prefix}/run/model.bin")).status_code == 404
