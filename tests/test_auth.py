@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
 from app.auth import hash_token
 from app.passwords import hash_password
+from tests.utils.mlflow_clients import ArtifactClient
 from tests.utils.proxy import PATIENCE, Proxy, held_body, running_proxy
 
 PASSWORDS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw"}
@@ -188,7 +188,7 @@ def test_rules_reload_without_restart(tmp_path: Path) -> None:
 
 
 def test_mlflow_client_with_its_usual_credentials(
-    secured: tuple[Proxy, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_client: ArtifactClient, secured: tuple[Proxy, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proxy, _, _ = secured
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -196,14 +196,14 @@ def test_mlflow_client_with_its_usual_credentials(
     source.write_text("weights")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORDS["alice"])
-    repo = HttpArtifactRepository(proxy.artifact_url("1/run/artifacts"))
+    repo = mlflow_client.http_repo(proxy.artifact_url("1/run/artifacts"))
     repo.log_artifact(str(source))
     assert [f.path for f in repo.list_artifacts()] == ["model.txt"]
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", CI_TOKEN)
     (tmp_path / "dl").mkdir()
-    local = HttpArtifactRepository(proxy.artifact_url("1/run/artifacts")).download_artifacts(
+    local = mlflow_client.http_repo(proxy.artifact_url("1/run/artifacts")).download_artifacts(
         "model.txt", str(tmp_path / "dl")
     )
     assert Path(local).read_text() == "weights"

@@ -21,6 +21,7 @@ from app.paths import TEMP_PREFIX
 from tests.conftest import local_server
 from tests.servers import StorageServer
 from tests.servers.sftp import sftp_server
+from tests.utils.mlflow_clients import ArtifactClient
 from tests.utils.proxy import running_proxy
 from tests.utils.raw_http import read_response
 
@@ -83,14 +84,14 @@ def test_a_full_disk_is_507_keeps_the_previous_version_and_gives_the_space_back(
             assert "Traceback" not in proxy.log()
 
 
-def test_the_mlflow_client_gets_a_full_disk_error_at_once_without_retrying(tmp_path: Path) -> None:
-    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-
+def test_the_mlflow_client_gets_a_full_disk_error_at_once_without_retrying(
+    mlflow_client: ArtifactClient, tmp_path: Path
+) -> None:
     big = tmp_path / "big.bin"
     with open(big, "wb") as handle:
         handle.truncate(80 * MiB)
     with mounted_small_disk(tmp_path / "root") as root, running_proxy(str(root), tmp_path / "proxy") as proxy:
-        repository = HttpArtifactRepository(f"{proxy.api}/artifacts/1/run/artifacts")
+        repository = mlflow_client.http_repo(f"{proxy.api}/artifacts/1/run/artifacts")
         with pytest.raises(Exception, match="507"):
             repository.log_artifact(str(big))
         assert proxy.logged('"PUT /api/2.0/mlflow-artifacts/artifacts/1/run/artifacts/big.bin HTTP/1.1" 507')

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
 from tests.servers import StorageServer, free_port
 from tests.servers.s3 import seaweedfs_server
+from tests.utils.mlflow_clients import ArtifactClient
 from tests.utils.proxy import Proxy, running_proxy
 from tests.utils.roundrobin import Balancer, round_robin
 
@@ -186,7 +186,7 @@ def test_a_replica_with_another_secret_rejects_the_others_urls(cluster: Cluster,
 
 
 def test_mlflow_client_multipart_upload_through_the_balancer(
-    cluster: Cluster, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_client: ArtifactClient, cluster: Cluster, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The real client: create, parts and complete are separate requests, so they land on different replicas.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -195,7 +195,7 @@ def test_mlflow_client_multipart_upload_through_the_balancer(
     monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(PART))
     source = tmp_path / "weights.bin"
     source.write_bytes(os.urandom(PART + 2 * MiB))
-    repo = HttpArtifactRepository(f"{cluster.api}/artifacts/{prefix}/run/artifacts")
+    repo = mlflow_client.http_repo(f"{cluster.api}/artifacts/{prefix}/run/artifacts")
     repo.log_artifact(str(source), artifact_path="model")
     created = cluster.balancer.served("POST", f"{API}/mpu/create/{prefix}/")
     completed = cluster.balancer.served("POST", f"{API}/mpu/complete/{prefix}/")
@@ -203,7 +203,7 @@ def test_mlflow_client_multipart_upload_through_the_balancer(
     for i, replica in enumerate(cluster.replicas):
         out = tmp_path / f"out-{i}"
         out.mkdir()
-        local = HttpArtifactRepository(replica.artifact_url(f"{prefix}/run/artifacts")).download_artifacts(
+        local = mlflow_client.http_repo(replica.artifact_url(f"{prefix}/run/artifacts")).download_artifacts(
             "model/weights.bin", str(out)
         )
         assert sha(Path(local).read_bytes()) == sha(source.read_bytes())
