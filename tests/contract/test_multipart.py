@@ -100,6 +100,37 @@ def test_failed_part_makes_the_client_abort_and_nothing_is_visible(
     assert repo.list_artifacts() == []
 
 
+def test_every_file_through_multipart_empty_ones_included(
+    mlflow_client: ArtifactClient, proxy: Proxy, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a presigned-only server gets from 3.18 for every upload (wire spec §10), here asked for with the client's
+    # own settings: multipart whatever the size, an empty file as one empty part. 3.17 asks for 0 parts for an empty
+    # file, which is refused (by MLflow's server too), and gives up: it does not fall back to a PUT.
+    from requests import HTTPError
+
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", "0")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    files = {"empty.txt": b"", "small.txt": b"small", "model.bin": os.urandom(PART + 1)}
+    for name, data in files.items():
+        (tree / name).write_bytes(data)
+    repo = repo_for(mlflow_client, proxy, f"{prefix}/run")
+    if not mlflow_client.at_least("3.18"):
+        with pytest.raises(HTTPError) as caught:
+            repo.log_artifact(str(tree / "empty.txt"))
+        assert caught.value.response.status_code == 400
+        assert caught.value.response.json()["message"].startswith("Invalid value 0 for parameter 'num_parts'")
+        return
+    repo.log_artifacts(str(tree))
+    assert proxy.logged(f'"POST /api/2.0/mlflow-artifacts/mpu/complete/{prefix}/run HTTP/1.1" 200', times=len(files))
+    assert f"PUT /api/2.0/mlflow-artifacts/artifacts/{prefix}/" not in proxy.log()
+    for name, data in files.items():
+        assert httpx.get(proxy.artifact_url(f"{prefix}/run/{name}"), timeout=60).content == data
+    assert sorted((f.path, f.file_size) for f in repo.list_artifacts()) == sorted(
+        (name, len(data)) for name, data in files.items()
+    )
+
+
 def create(proxy: Proxy, directory: str, name: str, num_parts: int) -> dict:
     response = httpx.post(
         f"{proxy.api}/mpu/create/{directory}", json={"path": f"/local/{name}", "num_parts": num_parts}

@@ -37,11 +37,11 @@ class Proxy:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def logged(self, text: str, timeout: float = PATIENCE) -> bool:
-        """Whether `text` appears in the log. Access lines (and the metrics recorded with them) are written just
-        after the response is sent, so this waits for the line, up to `timeout`."""
+    def logged(self, text: str, timeout: float = PATIENCE, times: int = 1) -> bool:
+        """Whether `text` appears in the log (at least `times` times). Access lines (and the metrics recorded with
+        them) are written just after the response is sent, so this waits for the line, up to `timeout`."""
         deadline = time.monotonic() + timeout
-        while text not in self.log():
+        while self.log().count(text) < times:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
