@@ -95,14 +95,18 @@ class Worker:
         self.log_path = log_dir / "mlflow-worker.log"
         self.process: subprocess.Popen[str] | None = None
         self.info: dict[str, Any] = {}
+        self.setup_error: str | None = None  # a missing or mis-versioned client fails every later test at once
 
     def _start(self) -> None:
+        if self.setup_error is not None:
+            raise ClientSetupError(self.setup_error)
         python = MLFLOW_VENV / "bin" / "python"
         if not python.exists():
-            raise ClientSetupError(
+            self.setup_error = (
                 f"{python} is missing: the MLflow {WORKER_VERSION} client lives in its own venv; create it with "
                 "`bash deploy/setup-mlflow-venv.sh` (`make test` does)"
             )
+            raise ClientSetupError(self.setup_error)
         env = {**os.environ, "PYTHONPATH": "", "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
@@ -118,10 +122,11 @@ class Worker:
         self.info = self._read(START_TIMEOUT, "start")
         if self.info.get("version") != WORKER_VERSION:
             self.stop()
-            raise ClientSetupError(
+            self.setup_error = (
                 f"{MLFLOW_VENV} runs MLflow {self.info.get('version')}, not the pinned {WORKER_VERSION}: "
                 "run `bash deploy/setup-mlflow-venv.sh` (`make test` does)"
             )
+            raise ClientSetupError(self.setup_error)
 
     def _read(self, timeout: float, what: str) -> dict[str, Any]:
         assert self.process is not None and self.process.stdout is not None
