@@ -166,17 +166,7 @@ def test_multipart_where_the_store_cannot_presign_falls_back_to_one_put(
         assert proxy.logged(f'"POST {api}/mpu/complete/{prefix}/run HTTP/1.1" 200')
 
 
-def test_server_info_answers_every_key_the_client_knows(
-    mlflow_client: ArtifactClient, proxy: Proxy, request: pytest.FixtureRequest
-) -> None:
-    if mlflow_client.at_least("3.18"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="issue 15: server-info lacks 3.18's keys (artifacts_presigned_only, artifact_serving_enabled, "
-                "skill_content_max_size/_files, model_artifact_presigned_downloads_supported, tracking_auth)",
-            )
-        )
+def test_server_info_answers_every_key_the_client_knows(mlflow_client: ArtifactClient, proxy: Proxy) -> None:
     info = httpx.get(f"{proxy.url}{SERVER_INFO}", timeout=30).json()
     assert sorted(set(mlflow_client.server_info_keys()) - set(info)) == []
 
@@ -228,9 +218,6 @@ def presigned_only_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         yield proxy
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 15: no presigned-only mode yet (MLflow's MLFLOW_ARTIFACTS_PRESIGNED_ONLY)"
-)
 def test_presigned_only_mode(mlflow_client: ArtifactClient, presigned_only_proxy: Proxy, tmp_path: Path) -> None:
     # Wire spec §10: server-info says `artifacts_presigned_only`, proxied PUT and GET are 403 PERMISSION_DENIED, and
     # 3.18 clients send every file, empty ones included, through multipart and fetch every file through presigned/.
