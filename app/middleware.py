@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import json
+import re
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,8 +30,29 @@ LOOPBACK_HOSTS = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]
 HOST_CHECKED_KEY = "artifact_proxy.host_checked"  # True when the Host passed an allow-list (explicit or loopback)
 
 
+# An IP-shaped pattern (`10.*`, `192.168.*:5000`) covers IP addresses only, as in MLflow 3.18: `10.*` must not let
+# in a host name that merely starts with those digits (`10.attacker.example`).
+_IPV4_PREFIX_GLOB = re.compile(r"(?:[0-9]+\.)+\*(?:\.(?:[0-9]+|\*))*(?::[0-9*]+)?")
+
+
+def _is_ipv4_host(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host.partition(":")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _matches_one(value: str, pattern: str) -> bool:
+    if "*" not in pattern:
+        return value == pattern
+    if not fnmatch.fnmatchcase(value, pattern):
+        return False
+    return _is_ipv4_host(value) if _IPV4_PREFIX_GLOB.fullmatch(pattern) else True
+
+
 def _matches(value: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) if "*" in p else value == p for p in patterns)
+    return any(_matches_one(value, pattern) for pattern in patterns)
 
 
 def is_loopback(host: str) -> bool:

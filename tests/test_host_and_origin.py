@@ -136,3 +136,14 @@ def test_an_allow_listed_host_is_used_for_signed_urls(tmp_path: Path) -> None:
         created = httpx.post(f"{proxy.api}/mpu/create/1", json=CREATE, headers={"Host": host}).json()
         assert all(url["url"].startswith(f"http://{host}/") for url in created["credentials"])
         assert httpx.post(f"{proxy.api}/mpu/create/1", json=CREATE, headers={"Host": "evil.example"}).status_code == 403
+
+
+def test_ip_shaped_patterns_admit_ip_addresses_only(tmp_path: Path) -> None:
+    """As in MLflow 3.18: `10.*` is the private network, not every host name that begins with `10.`."""
+    env = {"MLFLOW_SERVER_ALLOWED_HOSTS": "10.*,192.168.*:*,app-*.internal"}
+    with running_proxy(str(tmp_path / "root"), tmp_path / "p", env=env, extra_args=["--host", "0.0.0.0"]) as proxy:
+        info = f"{proxy.url}/api/3.0/mlflow/server-info"
+        for served in ("10.1.2.3", "192.168.0.7:5000", "app-1.internal"):
+            assert httpx.get(info, headers={"Host": served}).status_code == 200, served
+        for refused in ("10.attacker.example", "10.0.0.1.nip.io", "192.168.evil.example:80", "app-1.internal.evil"):
+            assert httpx.get(info, headers={"Host": refused}).status_code == 403, refused
