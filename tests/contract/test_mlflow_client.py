@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import filecmp
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import NO_PRESIGNING
+from tests.servers import StorageServer
 from tests.utils.mlflow_clients import ArtifactClient
 from tests.utils.proxy import Proxy, running_proxy
 
@@ -212,9 +213,16 @@ def test_the_client_asks_server_info_before_its_first_transfer(
 
 
 @pytest.fixture(scope="module")
-def presigned_only_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    base = tmp_path_factory.mktemp("presigned-only")
-    with running_proxy(str(base / "root"), base / "proxy", env={"MLFLOW_ARTIFACTS_PRESIGNED_ONLY": "true"}) as proxy:
+def presigned_only_proxy(
+    backend: str, storage_server_for: Callable[[str], StorageServer], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    """The mode on every backend that presigns; the others refuse to start in it (tests/test_presigned_only.py)."""
+    if backend in NO_PRESIGNING:
+        pytest.skip(f"the {backend} backend cannot presign, so presigned-only mode does not start on it")
+    server = storage_server_for(backend)
+    env = {**server.env, "MLFLOW_ARTIFACTS_PRESIGNED_ONLY": "true"}
+    base = tmp_path_factory.mktemp(f"presigned-only-{backend}")
+    with running_proxy(f"{server.destination.rstrip('/')}/presigned-only", base, env=env) as proxy:
         yield proxy
 
 
