@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install install-test bench stack mlflow-venv clean
+.PHONY: run test lint install install-test bench stack mlflow-venv mlflow-prev-venv debian-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ node_modules/.installed: package.json
 mlflow-venv:
 	bash deploy/setup-mlflow-venv.sh
 
-install-test: $(STAMP) node_modules/.installed mlflow-venv
+# The previous MLflow (the mlflow-skinny pin's version, 3.17.2) as a full package, for the browser test's 3.17 UI:
+# only the three mlflow distributions, over .venv-mlflow's dependencies (about 95 MB).
+mlflow-prev-venv: mlflow-venv
+	bash deploy/setup-mlflow-prev-venv.sh
+
+# From Debian, only what is missing: nginx (the one-origin front) and chromium with chromium-driver (the browser test).
+debian-packages:
+	bash deploy/install-debian-packages.sh
+
+install-test: $(STAMP) node_modules/.installed mlflow-venv mlflow-prev-venv debian-packages
 
 # `make run PORT=5001` (or ARTIFACT_PROXY_PORT in the environment) when 5000 is taken, e.g. by `mlflow server`.
 PORT ?= $(or $(ARTIFACT_PROXY_PORT),5000)
@@ -52,4 +61,4 @@ bench: install-test
 	bash bench/setup.sh && $(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .venv-mlflow node_modules .pytest_cache
+	rm -rf $(VENV) .venv-mlflow .venv-mlflow-prev node_modules .pytest_cache
