@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The whole MLflow deployment as processes on 127.0.0.1, in the foreground (`make stack`); Ctrl-C stops everything.
 #
-#   MLflow client ──▶ MLflow tracking server :5000 ──▶ PostgreSQL :15432 (if installed; else SQLite)
-#        │              (--no-serve-artifacts: artifact URIs name artifact-proxy)
-#        └──bytes──▶ artifact-proxy :5001 ──▶ SeaweedFS S3 :8333, bucket "mlflow"
+#   browser, MLflow client ──▶ nginx front :5000 ──everything else──▶ MLflow tracking server :5002 ──▶ PostgreSQL
+#   (one origin: the UI, the        │                                   (--no-serve-artifacts)         :15432, if
+#    tracking and artifact APIs)    │                                                                   installed;
+#                                   └──/api/2.0/mlflow-artifacts/──▶ artifact-proxy :5001               else SQLite
+#                                      /ajax-api/2.0/mlflow-artifacts/        └──▶ SeaweedFS S3 :8333, bucket "mlflow"
 #
-# The same topology as docker-compose.yml, without containers.
+# Artifact roots name the front (http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/experiments), as MLflow
+# 3.18's UI requires; the front is Debian's nginx running deploy/nginx/mlflow.conf.template. The same topology as
+# docker-compose.yml, without containers.
 #
 # Usage: bash deploy/stack.sh [--demo] [--once] [--fresh]
 #   --demo    once everything is up, log and load a model through it (deploy/mlflow_client_demo.py)
@@ -14,14 +18,15 @@
 #
 # Environment [defaults]:
 #   STACK_DIR [/tmp/artifact-proxy-stack]    data and logs, kept between runs
-#   TRACKING_PORT [5000] PROXY_PORT [5001] S3_PORT [8333] PG_PORT [15432]
+#   FRONT_PORT [5000] PROXY_PORT [5001] TRACKING_PORT [5002] S3_PORT [8333] PG_PORT [15432]
 #   WEED_MASTER_PORT [9333] WEED_VOLUME_PORT [8088] WEED_FILER_PORT [8888] WEED_ADMIN_PORT [23646]
 #                                            SeaweedFS' other ports; each one's gRPC port is it + 10000
 #   STACK_DB [auto]                          auto (PostgreSQL if installed), postgres or sqlite
 #   PROXY_WORKERS [2] MLFLOW_WORKERS [1]
 #   ARTIFACT_PROXY_SIGNING_SECRET [random]   S3_ACCESS_KEY / S3_SECRET_KEY [development values]
 #   MLFLOW_VENV [.venv-mlflow]               the full MLflow, created by deploy/setup-mlflow-venv.sh
-# An experiment keeps the artifact root it was created with: after changing PROXY_PORT, use --fresh.
+#   NGINX [nginx on PATH, else /usr/sbin/nginx]  Debian's nginx package is installed when there is none
+# An experiment keeps the artifact root it was created with: after changing FRONT_PORT, use --fresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,8 +43,9 @@ for arg in "$@"; do
 done
 
 STACK_DIR=${STACK_DIR:-${TMPDIR:-/tmp}/artifact-proxy-stack}
-TRACKING_PORT=${TRACKING_PORT:-5000}
+FRONT_PORT=${FRONT_PORT:-5000}
 PROXY_PORT=${PROXY_PORT:-5001}
+TRACKING_PORT=${TRACKING_PORT:-5002}
 S3_PORT=${S3_PORT:-8333}
 PG_PORT=${PG_PORT:-15432}
 WEED_MASTER_PORT=${WEED_MASTER_PORT:-9333}
@@ -79,6 +85,12 @@ fi
 MLFLOW_VENV=$MLFLOW_VENV bash "$ROOT/deploy/setup-mlflow-venv.sh" >&2
 MLFLOW=$MLFLOW_VENV/bin/mlflow
 MLFLOW_PY=$MLFLOW_VENV/bin/python
+find_nginx() { NGINX=${NGINX:-$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)}; }
+find_nginx
+if [ -z "$NGINX" ]; then
+    bash "$ROOT/deploy/install-debian-packages.sh" nginx >&2 || die "nginx is missing: install it (apt-get install nginx)"
+    find_nginx
+fi
 
 PG_BIN=""
 find_postgres() {
@@ -100,7 +112,7 @@ port_free() {  # SO_REUSEADDR, like the servers: a port in TIME_WAIT from the la
     "$PY" -c "import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('127.0.0.1', int(sys.argv[1])))" "$1" 2>/dev/null
 }
-PORTS=("$TRACKING_PORT" "$PROXY_PORT" "$S3_PORT" $((S3_PORT + 10000)))
+PORTS=("$FRONT_PORT" "$TRACKING_PORT" "$PROXY_PORT" "$S3_PORT" $((S3_PORT + 10000)))
 for p in "$WEED_MASTER_PORT" "$WEED_VOLUME_PORT" "$WEED_FILER_PORT" "$WEED_ADMIN_PORT"; do PORTS+=("$p" $((p + 10000))); done
 [ "$STACK_DB" = postgres ] && PORTS+=("$PG_PORT")
 for p in "${PORTS[@]}"; do
@@ -196,12 +208,15 @@ start seaweedfs "$WEED" mini -dir="$STACK_DIR/seaweedfs" -ip=127.0.0.1 -ip.bind=
     -admin.port="$WEED_ADMIN_PORT" -admin.port.grpc=$((WEED_ADMIN_PORT + 10000))
 wait_for seaweedfs 60 http_ok "http://127.0.0.1:$S3_PORT/healthz"
 
-# artifact-proxy over the bucket. The signing secret is what several replicas would share.
+# artifact-proxy over the bucket. The signing secret is what several replicas would share. Clients reach it through
+# the front: the URLs it signs name the front, and it believes the front's X-Forwarded-For.
+FRONT=http://127.0.0.1:$FRONT_PORT
 SIGNING_SECRET=${ARTIFACT_PROXY_SIGNING_SECRET:-$("$PY" -c 'import secrets; print(secrets.token_hex(32))')}
 log "starting artifact-proxy (127.0.0.1:$PROXY_PORT, s3://$BUCKET/artifacts, $PROXY_WORKERS workers)"
 start artifact-proxy env AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
     AWS_DEFAULT_REGION=us-east-1 MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" \
     ARTIFACT_PROXY_SIGNING_SECRET="$SIGNING_SECRET" \
+    ARTIFACT_PROXY_PUBLIC_URL="$FRONT" ARTIFACT_PROXY_TRUSTED_PROXIES=127.0.0.1/32 \
     "$VENV/bin/artifact-proxy" server --artifacts-destination "s3://$BUCKET/artifacts" \
     --host 127.0.0.1 --port "$PROXY_PORT" --workers "$PROXY_WORKERS"
 wait_for artifact-proxy 60 http_ok "http://127.0.0.1:$PROXY_PORT/ready"  # ready: the bucket answers too
@@ -246,7 +261,7 @@ else
     DB_LABEL="SQLite"
 fi
 
-ARTIFACT_ROOT="http://127.0.0.1:$PROXY_PORT/api/2.0/mlflow-artifacts/artifacts/experiments"
+ARTIFACT_ROOT="$FRONT/api/2.0/mlflow-artifacts/artifacts/experiments"
 log "starting the MLflow tracking server (127.0.0.1:$TRACKING_PORT, $DB_LABEL store)"
 start mlflow env MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
@@ -254,22 +269,50 @@ start mlflow env MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true \
     --default-artifact-root "$ARTIFACT_ROOT" --host 127.0.0.1 --port "$TRACKING_PORT" --workers "$MLFLOW_WORKERS"
 wait_for mlflow 180 http_ok "http://127.0.0.1:$TRACKING_PORT/health"
 
+# The front: nginx, with its files in STACK_DIR/front (the configuration rendered from deploy/nginx/, the access log).
+FRONT_DIR=$STACK_DIR/front
+mkdir -p "$FRONT_DIR"
+render() {  # render TEMPLATE OUTPUT NAME=VALUE...: each ${NAME} replaced; one left over is an error
+    "$PY" - "$@" <<'EOF'
+import re
+import sys
+
+template, output, *pairs = sys.argv[1:]
+with open(template) as file:
+    text = file.read()
+for name, value in (pair.split("=", 1) for pair in pairs):
+    text = text.replace("${" + name + "}", value)
+if left := sorted(set(re.findall(r"\$\{\w+\}", text))):
+    sys.exit(f"{template}: no value for {', '.join(left)}")
+with open(output, "w") as file:
+    file.write(text)
+EOF
+}
+render "$ROOT/deploy/nginx/mlflow.conf.template" "$FRONT_DIR/mlflow.conf" FRONT_LISTEN="127.0.0.1:$FRONT_PORT" \
+    MLFLOW_UPSTREAM="127.0.0.1:$TRACKING_PORT" ARTIFACT_PROXY_UPSTREAM="127.0.0.1:$PROXY_PORT"
+render "$ROOT/deploy/nginx/standalone.conf.template" "$FRONT_DIR/nginx.conf" FRONT_DIR="$FRONT_DIR"
+log "starting the nginx front ($FRONT: the artifact API to :$PROXY_PORT, everything else to :$TRACKING_PORT)"
+start front "$NGINX" -p "$FRONT_DIR" -e stderr -c "$FRONT_DIR/nginx.conf"
+front_ok() { http_ok "$FRONT/health" && http_ok "$FRONT/api/2.0/mlflow-artifacts/artifacts?path=experiments"; }
+wait_for front 30 front_ok
+
 cat >&2 <<EOF
 
-  MLflow tracking server  http://127.0.0.1:$TRACKING_PORT   (UI and API; $DB_LABEL store)
-  artifact-proxy          http://127.0.0.1:$PROXY_PORT   (s3://$BUCKET/artifacts)
+  MLflow                  $FRONT   (the nginx front: UI, tracking API and artifact API on one origin)
+  MLflow tracking server  http://127.0.0.1:$TRACKING_PORT   (behind the front; $DB_LABEL store)
+  artifact-proxy          http://127.0.0.1:$PROXY_PORT   (behind the front; s3://$BUCKET/artifacts)
   SeaweedFS S3            http://127.0.0.1:$S3_PORT   (key $S3_ACCESS_KEY / $S3_SECRET_KEY)
   new experiments store artifacts under $ARTIFACT_ROOT
 
-  export MLFLOW_TRACKING_URI=http://127.0.0.1:$TRACKING_PORT
-  curl 'http://127.0.0.1:$PROXY_PORT/api/2.0/mlflow-artifacts/artifacts?path=experiments'
-  logs: $LOGS
+  export MLFLOW_TRACKING_URI=$FRONT
+  curl '$FRONT/api/2.0/mlflow-artifacts/artifacts?path=experiments'
+  logs: $LOGS (the front's access log: $FRONT_DIR/access.log)
 
 EOF
 
 if [ "$DEMO" = 1 ]; then
     log "running the MLflow client demo (deploy/mlflow_client_demo.py)"
-    MLFLOW_TRACKING_URI="http://127.0.0.1:$TRACKING_PORT" EXPECTED_ARTIFACT_ROOT="$ARTIFACT_ROOT" \
+    MLFLOW_TRACKING_URI="$FRONT" EXPECTED_ARTIFACT_ROOT="$ARTIFACT_ROOT" \
         MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true MLFLOW_HTTP_REQUEST_MAX_RETRIES="${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-0}" \
         "$MLFLOW_PY" "$ROOT/deploy/mlflow_client_demo.py" \
         || die "the MLflow client demo failed"

@@ -39,8 +39,8 @@ ARTIFACT_API = "/api/2.0/mlflow-artifacts/artifacts"
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 # Its job runner (7 huey consumer processes) doubles start-up and shutdown time; nothing here uses server jobs.
 NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-# deploy/stack.sh gives each of its 4 processes 20 s to stop before it kills it: wait longer than all of that.
-STACK_STOP_TIMEOUT = 4 * 20 + 40
+# deploy/stack.sh gives each of its 5 processes 20 s to stop before it kills it: wait longer than all of that.
+STACK_STOP_TIMEOUT = 5 * 20 + 40
 
 
 def mlflow_bin(name: str) -> str:
@@ -224,12 +224,14 @@ def port_is_free(port: int) -> bool:
 
 
 def test_stack_script_serves_the_topology_and_ctrl_c_stops_it(tmp_path: Path) -> None:
-    """`make stack` (`bash deploy/stack.sh`): everything comes up wired together, and Ctrl-C stops every process."""
+    """`make stack` (`bash deploy/stack.sh`): everything comes up wired together behind the nginx front, on one origin
+    (the UI, the tracking API and the artifact API), and Ctrl-C stops every process."""
     mlflow_bin("mlflow")  # fail here rather than let the script install MLflow (minutes) in the middle of a test
     taken: set[int] = set()
     ports = {
         name: free_port_pair(taken)
         for name in (
+            "FRONT_PORT",
             "TRACKING_PORT",
             "PROXY_PORT",
             "S3_PORT",
@@ -251,8 +253,8 @@ def test_stack_script_serves_the_topology_and_ctrl_c_stops_it(tmp_path: Path) ->
         "PROXY_WORKERS": "1",
     }
     log_path = tmp_path / "stack.log"  # outside STACK_DIR, which --fresh empties
-    tracking = f"http://127.0.0.1:{ports['TRACKING_PORT']}"
-    root = f"http://127.0.0.1:{ports['PROXY_PORT']}{ARTIFACT_API}/experiments"
+    front = f"http://127.0.0.1:{ports['FRONT_PORT']}"  # the one origin clients and browsers use
+    root = f"{front}{ARTIFACT_API}/experiments"
     with open(log_path, "wb") as log:
         # SIGINT as a terminal's Ctrl-C delivers it; a default handler, whatever the test runner inherited.
         process = subprocess.Popen(
@@ -265,7 +267,9 @@ def test_stack_script_serves_the_topology_and_ctrl_c_stops_it(tmp_path: Path) ->
     try:
         wait_until(lambda: b"Ctrl-C stops everything" in log_path.read_bytes(), 180, "deploy/stack.sh", process)
         with httpx.Client(timeout=30) as http:
-            api = f"{tracking}/api/2.0/mlflow"
+            ui = http.get(f"{front}/")
+            assert ui.status_code == 200 and "<title>MLflow</title>" in ui.text  # the tracking server's UI
+            api = f"{front}/api/2.0/mlflow"
             exp = http.post(f"{api}/experiments/create", json={"name": "stack-smoke"}).json()["experiment_id"]
             location = http.get(f"{api}/experiments/get", params={"experiment_id": exp}).json()["experiment"]
             assert location["artifact_location"] == f"{root}/{exp}"
@@ -273,6 +277,14 @@ def test_stack_script_serves_the_topology_and_ctrl_c_stops_it(tmp_path: Path) ->
             assert http.put(f"{run['artifact_uri']}/hello.txt", content=b"hi").status_code == 200
             listed = http.get(f"{api}/artifacts/list", params={"run_id": run["run_id"]}).json()
             assert [f["path"] for f in listed["files"]] == ["hello.txt"]
+            # The browser's way (MLflow 3.18's UI): the artifact API under ajax-api, on the UI's own origin.
+            path = f"experiments/{exp}/{run['run_id']}/artifacts/hello.txt"
+            assert http.get(f"{front}/ajax-api/2.0/mlflow-artifacts/artifacts/{path}").content == b"hi"
+        # Both prefixes reached artifact-proxy through the front, which logged them too.
+        proxy_log, front_log = stack_dir / "logs" / "artifact-proxy.log", stack_dir / "front" / "access.log"
+        put, get = f'"PUT {ARTIFACT_API}/{path} HTTP/1.1" 200', f'"GET /ajax-api/2.0/mlflow-artifacts/artifacts/{path}'
+        wait_until(lambda: put in proxy_log.read_text() and get in proxy_log.read_text(), 30, "the proxy's log")
+        wait_until(lambda: put in front_log.read_text(), 30, "the front's access log")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=STACK_STOP_TIMEOUT) == 130
         output = log_path.read_text(errors="replace")
