@@ -80,9 +80,11 @@ def running_proxy(
     extra_args: list[str] | None = None,
     workers: int = 1,
     wrapper: list[str] | None = None,
+    port: int | None = None,
 ) -> Iterator[Proxy]:
-    """`wrapper` prefixes the command line (e.g. setpriv, to run without root's capabilities)."""
-    port = free_port()
+    """`wrapper` prefixes the command line (e.g. setpriv, to run without root's capabilities); `port` is one to listen
+    on (a reverse proxy's upstream), instead of a free one."""
+    port = port or free_port()
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / f"proxy-{port}.log"
     args = [
