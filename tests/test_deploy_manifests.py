@@ -1,7 +1,8 @@
 """The deployment files are valid and consistent with the service: every Kubernetes manifest against the Kubernetes
 JSON schemas (kubernetes-validate, strict: unknown fields fail), docker-compose.yml against the Compose
-Specification (compose-spec), the Dockerfile's contract, and the cross-references between them (ports, probe paths,
-selectors, secret keys, ingress routes, the settings the service would build from them).
+Specification (compose-spec), the Dockerfile's contract, the nginx front of deploy/nginx/ (parsed here, and checked by
+Debian's nginx itself), and the cross-references between them (ports, probe paths, selectors, secret keys, ingress
+and front routes, the one origin that roots and signed URLs name, the settings the service would build from them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
+FRONT = ROOT / "deploy" / "nginx" / "mlflow.conf.template"
+STANDALONE = ROOT / "deploy" / "nginx" / "standalone.conf.template"
 # The oldest Kubernetes minor still commonly run, and the newest the schemas know.
 K8S_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
 ARTIFACT_PREFIXES = ["/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/"]
@@ -235,6 +240,18 @@ def test_ingress_routes_both_artifact_prefixes_to_the_proxy(k8s: dict[str, dict[
     assert tracking[0] != service["metadata"]["name"]  # everything else: the tracking server
 
 
+def test_signed_urls_name_the_ingress_origin(k8s: dict[str, dict[str, Any]]) -> None:
+    # One origin: the URLs the service signs (local destinations) point at the host the Ingress serves, over TLS.
+    [host] = [rule["host"] for rule in k8s["Ingress"]["spec"]["rules"]]
+    assert host in k8s["Ingress"]["spec"]["tls"][0]["hosts"]
+    assert k8s["ConfigMap"]["data"]["ARTIFACT_PROXY_PUBLIC_URL"] == f"https://{host}"
+    # The tracking server (not part of the kustomization) must hand out roots on it too, as the Ingress says.
+    assert (
+        f"--default-artifact-root https://{host}/api/2.0/mlflow-artifacts/artifacts/"
+        in (K8S / "ingress.yaml").read_text()
+    )
+
+
 def test_ingress_streams_large_bodies(k8s: dict[str, dict[str, Any]]) -> None:
     annotations = k8s["Ingress"]["metadata"]["annotations"]
     nginx = "nginx.ingress.kubernetes.io/"
@@ -243,6 +260,135 @@ def test_ingress_streams_large_bodies(k8s: dict[str, dict[str, Any]]) -> None:
     assert annotations[nginx + "proxy-buffering"] == "off"
     for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
         assert int(annotations[nginx + timeout]) >= 120  # MLflow's client waits 120 s after the last byte
+    assert annotations[nginx + "proxy-http-version"] == "1.1"  # chunked uploads streamed, kept-alive upstreams
+    # Kept-alive connections from the controller (its upstream-keepalive-timeout: 60 s) close on its side first.
+    assert int(k8s["ConfigMap"]["data"]["ARTIFACT_PROXY_KEEPALIVE_TIMEOUT"]) > 60
+
+
+# ---------------------------------------------------------------------------------------------------- nginx front
+Directive = tuple[str, list[str], list[Any] | None]  # name, arguments, the block's directives (None: no block)
+
+
+def nginx_directives(text: str) -> list[Directive]:
+    """nginx's configuration syntax, enough for these files: directives, arguments (quotes removed), blocks."""
+    text = re.sub(r"#[^\n]*", "", text)
+    # A word may hold ${name} (nginx's own syntax for a variable, and the templates' placeholders).
+    tokens = re.findall(r'"[^"]*"|\'[^\']*\'|[{};]|(?:\$\{\w+\}|\$(?!\{)|[^\s{};"\'$])+', text)
+
+    def block(at: int) -> tuple[list[Directive], int]:
+        directives: list[Directive] = []
+        words: list[str] = []
+        while at < len(tokens):
+            token = tokens[at]
+            if token == ";":
+                directives.append((words[0], words[1:], None))
+                words = []
+            elif token == "{":
+                children, at = block(at + 1)
+                directives.append((words[0], words[1:], children))
+                words = []
+            elif token == "}":
+                assert not words, f"unterminated directive {words}"
+                return directives, at
+            else:
+                words.append(token.strip("\"'"))
+            at += 1
+        assert not words, f"unterminated directive {words}"
+        return directives, at
+
+    return block(0)[0]
+
+
+def values(directives: list[Directive], name: str) -> list[list[str]]:
+    return [args for directive, args, _ in directives if directive == name]
+
+
+def one(directives: list[Directive], name: str) -> list[str]:
+    [args] = values(directives, name)
+    return args
+
+
+def blocks(directives: list[Directive], name: str) -> dict[str, list[Directive]]:
+    """The blocks named `name` (upstream, location, server), by their arguments."""
+    return {" ".join(args): children for directive, args, children in directives if directive == name and children}
+
+
+@pytest.fixture(scope="module")
+def front() -> list[Directive]:
+    return nginx_directives(FRONT.read_text())
+
+
+def front_server(front: list[Directive]) -> list[Directive]:
+    [server] = blocks(front, "server").values()
+    return server
+
+
+def test_front_routes_both_artifact_prefixes_to_the_proxy_and_the_rest_to_mlflow(front: list[Directive]) -> None:
+    upstreams = {name: one(body, "server")[0] for name, body in blocks(front, "upstream").items()}
+    locations = blocks(front_server(front), "location")
+    routes = {path: one(body, "proxy_pass")[0] for path, body in locations.items()}
+    # Prefix locations only (a regex one could take a prefix away), and exactly these: the service's two API prefixes,
+    # the URLs it signs living under them, and the tracking server for everything else.
+    assert set(routes) == {*ARTIFACT_PREFIXES, "/"}
+    for prefix in ARTIFACT_PREFIXES:
+        assert routes[prefix].startswith("http://")
+        # No URI part after the upstream: the path goes through as the client sent it, percent-encoding included.
+        assert upstreams[routes[prefix].removeprefix("http://")] == "${ARTIFACT_PROXY_UPSTREAM}", prefix
+    assert upstreams[routes["/"].removeprefix("http://")] == "${MLFLOW_UPSTREAM}"
+    assert one(front_server(front), "listen") == ["${FRONT_LISTEN}"]
+
+
+def test_front_streams_large_bodies_both_ways(front: list[Directive]) -> None:
+    server = front_server(front)
+    assert one(server, "client_max_body_size") == ["0"]  # no cap (artifact-proxy's --max-upload-size is the place)
+    assert one(server, "proxy_request_buffering") == ["off"]  # uploads streamed, not spooled to the front's disk
+    assert one(server, "proxy_buffering") == ["off"]  # downloads too
+    assert one(server, "proxy_http_version") == ["1.1"]
+    for timeout in ("proxy_read_timeout", "proxy_send_timeout", "client_body_timeout", "send_timeout"):
+        assert int(one(server, timeout)[0].removesuffix("s")) >= 120, timeout  # MLflow's client waits 120 s
+    # The locations inherit all of it: none turns buffering back on or sets a limit of its own.
+    for body in blocks(server, "location").values():
+        assert {directive for directive, _, _ in body} == {"proxy_pass"}
+    # The Host the client used reaches both servers (their allowed-hosts checks, URLs built from it).
+    assert ["Host", "$http_host"] in values(server, "proxy_set_header")
+    assert ["X-Forwarded-For", "$proxy_add_x_forwarded_for"] in values(server, "proxy_set_header")
+    for upstream in blocks(front, "upstream").values():
+        # Idle upstream connections close before the servers' own 5 s keep-alive timeout does.
+        assert int(one(upstream, "keepalive_timeout")[0].removesuffix("s")) < 5
+
+
+def render(template: Path, values: dict[str, str]) -> str:
+    text = template.read_text()
+    for name, value in values.items():
+        text = text.replace("${" + name + "}", value)
+    assert not re.findall(r"\$\{\w+\}", text), f"{template.name} has variables without values"
+    return text
+
+
+def test_nginx_accepts_the_front(tmp_path: Path) -> None:
+    """Debian's nginx (what `make stack` and the browser test run) reads the front as the stack renders it."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.fail("nginx is not installed: `make test` installs it (deploy/install-debian-packages.sh)")
+    conf = {
+        "FRONT_LISTEN": "127.0.0.1:18999",
+        "MLFLOW_UPSTREAM": "127.0.0.1:1",
+        "ARTIFACT_PROXY_UPSTREAM": "127.0.0.1:2",
+    }
+    (tmp_path / "mlflow.conf").write_text(render(FRONT, conf))
+    (tmp_path / "nginx.conf").write_text(render(STANDALONE, {"FRONT_DIR": str(tmp_path)}))
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_stack_and_compose_run_the_same_front() -> None:
+    assert "deploy/nginx/mlflow.conf.template" in (ROOT / "deploy" / "stack.sh").read_text()
+    assert "./deploy/nginx/mlflow.conf.template" in COMPOSE.read_text()
 
 
 # ---------------------------------------------------------------------------------------------------- Dockerfile
@@ -361,20 +507,47 @@ def flag(args: list[str], name: str) -> str:
 
 def test_compose_has_the_whole_topology(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", "seaweedfs", "create-bucket", "artifact-proxy", "mlflow", "client"} <= set(services)
+    assert {"postgres", "seaweedfs", "create-bucket", "artifact-proxy", "front", "mlflow", "client"} <= set(services)
 
 
-def test_compose_tracking_server_hands_out_proxy_uris(compose: dict[str, Any]) -> None:
-    args = command_of(compose["services"]["mlflow"])
+FRONT_ORIGIN = "http://localhost:5000"  # what the host's browser opens, and what every root and signed URL names
+
+
+def test_compose_tracking_server_hands_out_roots_on_the_front(compose: dict[str, Any]) -> None:
+    mlflow = compose["services"]["mlflow"]
+    args = command_of(mlflow)
     assert args[:2] == ["mlflow", "server"]
     assert "--no-serve-artifacts" in args
     assert flag(args, "--backend-store-uri").startswith(("postgresql://", "postgresql+psycopg://"))
     assert "@postgres:5432/" in flag(args, "--backend-store-uri")
-    assert (
-        flag(args, "--default-artifact-root")
-        == f"http://artifact-proxy:{PORT}/api/2.0/mlflow-artifacts/artifacts/experiments"
-    )
-    assert "mlflow" in flag(args, "--allowed-hosts").split(",")  # the Host header clients in the network send
+    assert flag(args, "--default-artifact-root") == f"{FRONT_ORIGIN}/api/2.0/mlflow-artifacts/artifacts/experiments"
+    # In the front's network namespace, where localhost:5000 is the front (for its own reads of the root, as for the
+    # host's browser), and listening where the front's upstream is.
+    assert mlflow["network_mode"] == "service:front"
+    front_env = compose["services"]["front"]["environment"]
+    assert front_env["MLFLOW_UPSTREAM"] == f"127.0.0.1:{flag(args, '--port')}"
+    assert "localhost:*" in flag(args, "--allowed-hosts").split(",")  # the Host header the front passes on
+    assert "ports" not in mlflow  # reached through the front only
+
+
+def test_compose_front_serves_the_shared_config_on_the_origin(compose: dict[str, Any]) -> None:
+    front = compose["services"]["front"]
+    image, tag = front["image"].split(":")
+    assert image == "nginx" and tag[0].isdigit()  # pinned to a release
+    [config] = front["configs"]
+    assert compose["configs"][config["source"]]["file"] == "./deploy/nginx/mlflow.conf.template"
+    # The image renders /etc/nginx/templates/X.template into conf.d/X (default.conf: replacing its default site).
+    assert config["target"] == "/etc/nginx/templates/default.conf.template"
+    variables = set(re.findall(r"\$\{(\w+)\}", FRONT.read_text()))
+    assert variables == set(front["environment"]), "every variable of the template, and only those, is set"
+    assert front["environment"]["ARTIFACT_PROXY_UPSTREAM"] == f"artifact-proxy:{PORT}"
+    # Published on the port it listens on: the origin in the browser is the origin inside the network namespace.
+    listen = front["environment"]["FRONT_LISTEN"]
+    assert front["ports"] == [f"{listen}:{listen}"] and FRONT_ORIGIN.endswith(f":{listen}")
+    assert "ports" not in compose["services"]["artifact-proxy"]  # the artifact API is reached through the front
+    proxy_env = compose["services"]["artifact-proxy"]["environment"]
+    assert proxy_env["ARTIFACT_PROXY_PUBLIC_URL"] == FRONT_ORIGIN  # URLs it signs are on the front's origin
+    assert Settings.split_list(proxy_env["ARTIFACT_PROXY_TRUSTED_PROXIES"])  # and it believes the front's headers
 
 
 def test_compose_artifact_proxy_serves_the_created_bucket(
@@ -411,8 +584,10 @@ def test_compose_startup_order_uses_health_and_completion(compose: dict[str, Any
 
     assert condition("create-bucket", "seaweedfs") == "service_healthy"
     assert condition("artifact-proxy", "create-bucket") == "service_completed_successfully"
+    assert condition("front", "artifact-proxy") == "service_healthy"  # nginx resolves its upstream's name at start
+    assert compose["services"]["front"]["depends_on"]["artifact-proxy"]["restart"] is True
     assert condition("mlflow", "postgres") == "service_healthy"
-    assert condition("mlflow", "artifact-proxy") == "service_healthy"
+    assert condition("mlflow", "front") == "service_healthy"
     assert condition("client", "mlflow") == "service_healthy"
     for name, service in services.items():
         for dependency, spec in service.get("depends_on", {}).items():
@@ -422,7 +597,10 @@ def test_compose_startup_order_uses_health_and_completion(compose: dict[str, Any
 
 def test_compose_client_runs_the_demo_against_the_tracking_server(compose: dict[str, Any]) -> None:
     client = compose["services"]["client"]
-    assert client["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{PORT}"
+    assert client["environment"]["MLFLOW_TRACKING_URI"] == FRONT_ORIGIN  # as a user on the host would
+    assert client["network_mode"] == "service:front"
+    root = flag(command_of(compose["services"]["mlflow"]), "--default-artifact-root")
+    assert client["environment"]["EXPECTED_ARTIFACT_ROOT"] == root
     for volume in client.get("volumes", []):
         source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
         if source.startswith("."):
