@@ -289,7 +289,7 @@ with open(output, "w") as file:
 EOF
 }
 render "$ROOT/deploy/nginx/mlflow.conf.template" "$FRONT_DIR/mlflow.conf" FRONT_LISTEN="127.0.0.1:$FRONT_PORT" \
-    MLFLOW_UPSTREAM="127.0.0.1:$TRACKING_PORT" ARTIFACT_PROXY_UPSTREAM="127.0.0.1:$PROXY_PORT"
+    MLFLOW_UPSTREAM="127.0.0.1:$TRACKING_PORT" ARTIFACTS_UPSTREAM="127.0.0.1:$PROXY_PORT"
 render "$ROOT/deploy/nginx/standalone.conf.template" "$FRONT_DIR/nginx.conf" FRONT_DIR="$FRONT_DIR"
 log "starting the nginx front ($FRONT: the artifact API to :$PROXY_PORT, everything else to :$TRACKING_PORT)"
 start front "$NGINX" -p "$FRONT_DIR" -e stderr -c "$FRONT_DIR/nginx.conf"

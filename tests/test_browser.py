@@ -166,7 +166,7 @@ def front(work: Path, port: int, tracking_port: int, proxy_port: int) -> Iterato
             {
                 "FRONT_LISTEN": f"127.0.0.1:{port}",
                 "MLFLOW_UPSTREAM": f"127.0.0.1:{tracking_port}",
-                "ARTIFACT_PROXY_UPSTREAM": f"127.0.0.1:{proxy_port}",
+                "ARTIFACTS_UPSTREAM": f"127.0.0.1:{proxy_port}",
             },
         )
     )

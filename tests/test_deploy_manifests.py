@@ -333,7 +333,7 @@ def test_front_routes_both_artifact_prefixes_to_the_proxy_and_the_rest_to_mlflow
     for prefix in ARTIFACT_PREFIXES:
         assert routes[prefix].startswith("http://")
         # No URI part after the upstream: the path goes through as the client sent it, percent-encoding included.
-        assert upstreams[routes[prefix].removeprefix("http://")] == "${ARTIFACT_PROXY_UPSTREAM}", prefix
+        assert upstreams[routes[prefix].removeprefix("http://")] == "${ARTIFACTS_UPSTREAM}", prefix
     assert upstreams[routes["/"].removeprefix("http://")] == "${MLFLOW_UPSTREAM}"
     assert one(front_server(front), "listen") == ["${FRONT_LISTEN}"]
 
@@ -373,7 +373,7 @@ def test_nginx_accepts_the_front(tmp_path: Path) -> None:
     conf = {
         "FRONT_LISTEN": "127.0.0.1:18999",
         "MLFLOW_UPSTREAM": "127.0.0.1:1",
-        "ARTIFACT_PROXY_UPSTREAM": "127.0.0.1:2",
+        "ARTIFACTS_UPSTREAM": "127.0.0.1:2",
     }
     (tmp_path / "mlflow.conf").write_text(render(FRONT, conf))
     (tmp_path / "nginx.conf").write_text(render(STANDALONE, {"FRONT_DIR": str(tmp_path)}))
@@ -540,7 +540,7 @@ def test_compose_front_serves_the_shared_config_on_the_origin(compose: dict[str,
     assert config["target"] == "/etc/nginx/templates/default.conf.template"
     variables = set(re.findall(r"\$\{(\w+)\}", FRONT.read_text()))
     assert variables == set(front["environment"]), "every variable of the template, and only those, is set"
-    assert front["environment"]["ARTIFACT_PROXY_UPSTREAM"] == f"artifact-proxy:{PORT}"
+    assert front["environment"]["ARTIFACTS_UPSTREAM"] == f"artifact-proxy:{PORT}"
     # Published on the port it listens on: the origin in the browser is the origin inside the network namespace.
     listen = front["environment"]["FRONT_LISTEN"]
     assert front["ports"] == [f"{listen}:{listen}"] and FRONT_ORIGIN.endswith(f":{listen}")
