@@ -445,3 +445,25 @@ def test_the_318_ui_refuses_a_root_on_another_origin(origins: dict[str, Origin],
         driver.save_screenshot(str(tmp_path / "mlflow-other-origin-notes.txt.png"))
     assert "cannot access an artifact server on a different origin" in error
     assert f"/presigned/{run_path(run)}" not in proxy.log()  # the browser never asked
+
+
+def test_the_previous_mlflow_setup_is_idempotent() -> None:
+    # `make test` runs it every time: with both venvs in place it only checks, quickly, and changes nothing.
+    mlflow_program(IN_PROCESS_VERSION, "mlflow")
+    stamp = MLFLOW_VENVS[IN_PROCESS_VERSION] / ".artifact-proxy-installed"
+    before = stamp.stat().st_mtime
+    env = {
+        **os.environ,
+        "MLFLOW_VENV": str(MLFLOW_VENVS[WORKER_VERSION]),
+        "MLFLOW_PREV_VENV": str(MLFLOW_VENVS[IN_PROCESS_VERSION]),
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "setup-mlflow-prev-venv.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "setup-mlflow-prev-venv: ok" in result.stdout and "installing" not in result.stdout
+    assert stamp.stat().st_mtime == before
