@@ -14,12 +14,12 @@ IAM_CREDENTIALS_ROOT = "https://iamcredentials.googleapis.com"
 _BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
-def _size(value: object) -> object:
+def parse_size(value: object) -> object:
     """`5GiB`, `64KB` or a plain number of bytes, as `--max-upload-size` takes them."""
     return int(_BYTE_SIZE.validate_python(value)) if isinstance(value, str) else value
 
 
-Bytes = Annotated[int, BeforeValidator(_size)]
+Bytes = Annotated[int, BeforeValidator(parse_size)]
 
 
 def ours(name: str, *others: str) -> AliasChoices:
