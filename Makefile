@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test lint install install-test bench stack mlflow-venv mlflow-prev-venv debian-packages clean
 
@@ -10,15 +11,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python
+install: $(RUN_STAMP)
+
+# What `make run` needs, installed once: a second `make run` starts at once. The test install below covers it too.
+$(RUN_STAMP): pyproject.toml constraints.txt $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
+	touch $(RUN_STAMP)
 
 # One pip call resolves aiobotocore's botocore pin together with moto/boto3, and constraints.txt pins the set
 # known to work: unpinned, pip's resolver backtracks for minutes into ancient releases.
 $(STAMP): pyproject.toml constraints.txt $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,test]'
 	$(BIN)/pip check
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -38,7 +43,7 @@ mlflow-prev-venv: mlflow-venv
 debian-packages:
 	bash deploy/install-debian-packages.sh
 
-install-test: $(STAMP) node_modules/.installed mlflow-venv mlflow-prev-venv debian-packages
+install-test: $(STAMP) $(RUN_STAMP) node_modules/.installed mlflow-venv mlflow-prev-venv debian-packages
 
 # `make run PORT=5001` (or ARTIFACT_PROXY_PORT in the environment) when 5000 is taken, e.g. by `mlflow server`.
 PORT ?= $(or $(ARTIFACT_PROXY_PORT),5000)
