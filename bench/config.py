@@ -35,6 +35,7 @@ class Settings:
     big: bool = True
     reps: int = 3
     duration: float = 8.0
+    mixed_duration: float = 60.0
     proxy_workers: int | None = None
     out: Path = ROOT / "docs" / "benchmarks.md"
     fsync_variant: bool = True
@@ -47,6 +48,7 @@ class Settings:
             big=args.big,
             reps=args.reps,
             duration=args.duration,
+            mixed_duration=args.mixed_duration,
             proxy_workers=args.proxy_workers,
             out=args.out,
             fsync_variant=args.fsync_variant,

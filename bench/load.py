@@ -3,6 +3,8 @@ fixed concurrency, an httpx client for timing a listing."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import statistics
@@ -14,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from bench.config import CONCURRENCY, GIB
+from bench.config import BENCH, CONCURRENCY, GIB
 from bench.procs import Server
 from bench.results import mb
 from bench.rss import RssSampler, merge_rss
@@ -127,3 +129,37 @@ def time_list(
             r.json()
             times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "all": times, "entries": got}
+
+
+def wrk(
+    transcript: Transcript,
+    base: str,
+    script: str,
+    args: list[str],
+    duration: float,
+    concurrency: int = CONCURRENCY,
+    pid: int | None = None,
+) -> dict[str, Any]:
+    """wrk with one of bench/wrk/'s scripts (URLs that change per request, which hey cannot send): req/s, p50/p99
+    in ms and errors (non-2xx/3xx plus socket errors); with `pid`, that tree's RSS in the first and last seconds."""
+    cmd = ["wrk", "-t", "2", "-c", str(concurrency), "-d", f"{duration:g}s", "--timeout", "30s"]
+    cmd += ["-s", f"bench/wrk/{script}", base, "--", *args]
+    transcript.record(cmd)
+    sampler = RssSampler(pid, interval=1.0) if pid else None
+    with sampler or contextlib.nullcontext():
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, cwd=BENCH.parent)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK-JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[-400:]} {out.stdout.strip()[-400:]}")
+    r = json.loads(line.removeprefix("WRK-JSON "))
+    result: dict[str, Any] = {
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "ok": r["requests"] - r["status"],
+        "errors": r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"],
+    }
+    if sampler:  # flat: the tree's largest RSS in the last tenth of the run against the first tenth's
+        tenth = max(1, len(sampler.samples) // 10)
+        result["rss_first"], result["rss_last"] = max(sampler.samples[:tenth]), max(sampler.samples[-tenth:])
+    return result

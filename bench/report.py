@@ -22,7 +22,7 @@ NAMES = {
     "nginx": "nginx (WebDAV PUT, sendfile)",
     "sink": "raw PUT sink (asyncio)",
 }
-OPS = ("PUT", "GET", "LIST")
+OPS = ("PUT", "PUT-new", "GET", "LIST")
 
 
 def report(
@@ -40,6 +40,7 @@ def report(
         *large_section(results["large"]),
         *big_section(big),
         *small_section(results["small"], settings.duration),
+        *mixed_section(results.get("mixed") or {}, settings.mixed_duration),
         *listing_section(results["list"], results["idle"]),
         *s3_section(s3),
         *targets_section(results),
@@ -133,9 +134,11 @@ def big_section(big: dict[str, Any]) -> list[str]:
 
 def small_section(small: dict[str, Any], duration: float) -> list[str]:
     out = [
-        f"## 16 KiB PUT, GET and LIST at concurrency {CONCURRENCY} (hey)\n",
+        f"## 16 KiB PUT, GET and LIST at concurrency {CONCURRENCY} (hey, wrk)\n",
         f"`hey -z {duration:g}s -c {CONCURRENCY}`. PUT sends the same 16 KiB body to the **same path** every "
-        "time (hey cannot vary the URL), so it measures overwrite. GET fetches one 16 KiB file. LIST lists a directory "
+        "time (hey cannot vary the URL), so it measures overwrite; PUT-new (`wrk -s bench/wrk/distinct_put.lua`, "
+        f"{duration:g} s, {CONCURRENCY} connections) writes each body to a path never used before, as real clients "
+        "do. GET fetches one 16 KiB file. LIST lists a directory "
         "of 10 files (`GET artifacts?path=bench/small`; nginx: `autoindex_format json` on the directory). Errors are "
         "non-2xx responses plus transport errors.\n",
         "| Server | op | req/s | p50 ms | p99 ms | errors |\n|---|---|---:|---:|---:|---:|",
@@ -154,6 +157,27 @@ def small_section(small: dict[str, Any], duration: float) -> list[str]:
         for op in OPS
     )
     out.append("Ratios (req/s): " + "; ".join(ratios) + ".\n")
+    return out
+
+
+def mixed_section(mixed: dict[str, Any], duration: float) -> list[str]:
+    if not mixed:
+        return []
+    out = [
+        "## Mixed GET, PUT and LIST at concurrency 256 (wrk)\n",
+        f"`wrk -c 256 -d {duration:g}s -s bench/wrk/mixed.lua`: in every 10 requests 6 GETs of the 10 small files, "
+        "2 PUTs to new paths and 2 listings of their directory. RSS is the server's whole tree, sampled every "
+        "second: the largest in the first and in the last tenth of the run.\n",
+        "| Server | req/s | p50 ms | p99 ms | errors | RSS MB, start -> end |\n|---|---:|---:|---:|---:|---:|",
+    ]
+    for key in ("proxy", "mlflow", "nginx"):
+        r = mixed.get(key)
+        if r:
+            out.append(
+                f"| {NAMES[key]} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | "
+                f"{mb(r['rss_first'])} -> {mb(r['rss_last'])} |"
+            )
+    out.append("")
     return out
 
 

@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="also move 4 GiB through artifact-proxy to show memory stays flat (default on)",
     )
     parser.add_argument("--reps", type=int, default=3, help="runs per large transfer; the median is reported")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per hey workload")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per hey or wrk workload")
+    parser.add_argument(
+        "--mixed-duration", type=float, default=60.0, help="seconds of the mixed GET/PUT/LIST workload (0: none)"
+    )
     parser.add_argument("--proxy-workers", type=int, default=None, help="default: the server's own default")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
@@ -74,7 +77,7 @@ def write_outputs(ctx: Context, started: float) -> None:
 
 def main() -> int:
     settings = parse_args()
-    for tool in ("curl", "hey"):
+    for tool in ("curl", "hey", "wrk"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: run `bash bench/setup.sh` first")
     if not MLFLOW_BIN.exists():

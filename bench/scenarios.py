@@ -22,14 +22,15 @@ from typing import Any
 from bench.config import API, BENCH, CONCURRENCY, GIB, LIST_N, ROOT, S3_KEYS
 from bench.context import Context
 from bench.data import make_list_dir
-from bench.load import hey, time_list, transfer
+from bench.load import hey, time_list, transfer, wrk
 from bench.procs import Server, running
 from bench.results import mb
 from bench.rss import idle_rss
 from bench.servers import mlflow_server, nginx_server, proxy_server, seaweedfs, sink_server
 from bench.transcript import log
 
-OPS = ("PUT", "GET", "LIST")
+OPS = ("PUT", "PUT-new", "GET", "LIST")
+MIXED_CONCURRENCY = 256
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class HttpScenario:
     nginx_layout: bool = False  # nginx serves files at their URL path under its root
     keeps_files: bool = True  # the raw sink writes every body to one file, not at its path: nothing to check
     big: bool = False  # 4 GiB as well, last
+    mixed: bool = True  # GET, PUT and LIST together at MIXED_CONCURRENCY, after the small requests
     start_timeout: float = 60
     idle_settle: float = 3.0
 
@@ -77,8 +79,9 @@ PROXY_NOFSYNC = HttpScenario(
     _proxy_nofsync,
     listing=False,
     download=False,
-    ops=("PUT",),
+    ops=("PUT", "PUT-new"),
     idle=False,
+    mixed=False,
 )
 # MLflow starts 4 uvicorn workers and a job runner: it takes longer to answer, and to settle before idle RSS.
 MLFLOW = HttpScenario(
@@ -158,8 +161,10 @@ def small_requests(ctx: Context, sc: HttpScenario, server: Server, files: Path) 
     put_url = f"{server.base}{API}/bench/small/put.bin"
     list_url = f"{server.base}{API}/bench/small/" if sc.nginx_layout else f"{server.base}{API}?path=bench/small"
     t, d = ctx.transcript, ctx.settings.duration
+    new_args = [str(ctx.files.small), f"{API}/bench/distinct"]
     jobs = {
         "PUT": lambda: hey(t, put_url, "PUT", d, ctx.files.small),
+        "PUT-new": lambda: wrk(t, server.base, "distinct_put.lua", new_args, d),
         "GET": lambda: hey(t, get_url, "GET", d),
         "LIST": lambda: hey(t, list_url, "GET", d),
     }
@@ -171,6 +176,21 @@ def small_requests(ctx: Context, sc: HttpScenario, server: Server, files: Path) 
                 f"p99 {r['p99_ms']:.1f} ms errors {r['errors']}"
             )
     ctx.results["small"][sc.key] = res
+    if sc.mixed and ctx.settings.mixed_duration > 0:
+        list_path = list_url.removeprefix(server.base)
+        mixed_args = [str(ctx.files.small), f"{API}/bench/small", list_path]
+        mixed = ctx.guard(
+            f"{sc.key} mixed",
+            lambda: wrk(
+                t, server.base, "mixed.lua", mixed_args, ctx.settings.mixed_duration, MIXED_CONCURRENCY, server.pid
+            ),
+        )
+        if mixed:
+            log(
+                f"  mixed c={MIXED_CONCURRENCY}: {mixed['rps']:.0f} req/s p99 {mixed['p99_ms']:.1f} ms errors "
+                f"{mixed['errors']} RSS {mb(mixed['rss_first'])} -> {mb(mixed['rss_last'])} MB"
+            )
+        ctx.results.setdefault("mixed", {})[sc.key] = mixed
 
 
 def listing(ctx: Context, key: str, server: Server, files: Path, nginx_layout: bool) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `bench/run.py` needs. Idempotent: every step checks before it installs.
-#   - nginx, hey (and wrk, optional) from apt
+#   - nginx, hey and wrk from apt (wrk: URLs that change per request, bench/wrk/)
 #   - psutil and py-spy into the project venv (.venv)
 #   - MLflow 3.x in its own venv, .venv-mlflow (shared with the stack tests; deploy/setup-mlflow-venv.sh)
 set -euo pipefail
@@ -15,16 +15,12 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 need_apt=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v hey >/dev/null || need_apt+=(hey)
+command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-fi
-# wrk is optional: try once, never fail on it.
-if ! command -v wrk >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 \
-        || echo "setup: wrk not available (optional), continuing"
 fi
 # The stock nginx package starts a default server on :80 on some systems; the bench runs its own instance.
 

@@ -15,6 +15,7 @@ from bench.results import Results, dig, fmt_s, mb, ratio
 
 Where = tuple[str, ...]  # keys into the results, for dig()
 OPS = ("PUT", "GET", "LIST")
+NEW_PUT = "PUT-new"  # PUTs to distinct paths (wrk), what real clients send
 TRANSFERS = ("upload", "download")
 RSS_LIMIT_MB = 100  # per serving process: a worker streams a file through, it never holds one
 
@@ -87,6 +88,45 @@ class RateOver:
             name,
             f"{ours['rps']:.0f} vs {theirs['rps']:.0f} = {ratio(ours['rps'], theirs['rps'])}",
             ours["rps"] >= self.factor * theirs["rps"],
+        )
+
+
+@dataclass(frozen=True)
+class ShareOfNginx:
+    """16 KiB requests of one kind: ours serves at least `share` of nginx's requests per second, the ceiling."""
+
+    op: str
+    share: float
+
+    def row(self, results: Results) -> Row:
+        name = f"16 KiB {self.op} c={CONCURRENCY} >= {self.share:.0%} of nginx req/s"
+        ours, theirs = dig(results, "small", "proxy", self.op), dig(results, "small", "nginx", self.op)
+        if not (ours and theirs):
+            return Row(name, "n/a", None)
+        return Row(
+            name,
+            f"{ours['rps']:.0f} vs {theirs['rps']:.0f} = {ours['rps'] / theirs['rps']:.0%}",
+            ours["rps"] >= self.share * theirs["rps"],
+        )
+
+
+@dataclass(frozen=True)
+class MixedSteady:
+    """The mixed workload: no request failed, and the tree's RSS at the end is within `slack` of the start's."""
+
+    slack: float
+    slack_mb: float
+
+    def row(self, results: Results) -> Row:
+        m = dig(results, "mixed", "proxy")
+        name = f"mixed GET/PUT/LIST c=256: no errors, RSS flat (end <= {self.slack:g}x start + {self.slack_mb:g} MB)"
+        if not m:
+            return Row(name, "n/a", None)
+        flat = m["rss_last"] <= self.slack * m["rss_first"] + self.slack_mb * 1e6
+        return Row(
+            name,
+            f"{m['errors']} errors, RSS {mb(m['rss_first'])} -> {mb(m['rss_last'])} MB",
+            m["errors"] == 0 and flat,
         )
 
 
@@ -175,6 +215,11 @@ TARGETS: tuple[Target, ...] = (
     WithinTimes("download 1 GiB", _large("proxy", "download"), _large("nginx", "download"), "nginx", "nginx", 2.5),
     FasterThan("download 1 GiB", _large("proxy", "download"), _large("mlflow", "download"), "MLflow", 3),
     *(t for op in OPS for t in (RateOver(op, 6), LatencyUnder(op, 30))),
+    RateOver(NEW_PUT, 4),
+    LatencyUnder(NEW_PUT, 30),
+    ShareOfNginx("GET", 0.25),
+    ShareOfNginx("LIST", 0.25),
+    MixedSteady(1.2, 10),
     *(PeakRss(f"1 GiB {op}", ("large", "proxy", op, "rss")) for op in TRANSFERS),
     *(PeakRss(f"4 GiB {op}", ("big", op, "rss"), not_run="not run (--no-big)") for op in TRANSFERS),
     IdleShare(10),
