@@ -36,6 +36,7 @@ import hashlib
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
@@ -280,10 +281,22 @@ async def authorize(request: Request, operation: Operation, path: ArtifactPath) 
         refuse_skill_mutation(path)
 
 
+def read_filter(request: Request) -> Callable[[ArtifactPath], bool]:
+    """After `authorize(request, READ, directory)`: whether each file below the directory may be read, by the rules
+    a GET of that file meets (the most specific prefix decides, so a rule on a subdirectory can refuse what the
+    directory's allows). Links need no second look: walks never follow them (app/storage/base.py)."""
+    authenticator: Authenticator | None = request.app.state.authenticator
+    if authenticator is None:
+        return lambda _: True
+    principal: Principal = request.scope[PRINCIPAL_KEY]
+    return lambda path: authenticator.allows(principal, Operation.READ, path)
+
+
 async def _authorize_principal(
     request: Request, authenticator: Authenticator, operation: Operation, path: ArtifactPath, audit: dict[str, str]
 ) -> None:
     principal: Principal = request.scope.get(PRINCIPAL_KEY) or await authenticator.principal(request)
+    request.scope[PRINCIPAL_KEY] = principal  # for `read_filter`, asked per file after this
     audit["user"] = principal.name
     authenticator.check(principal, operation, path)
     store = request.app.state.store

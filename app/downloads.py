@@ -9,6 +9,7 @@ import logging
 import mimetypes
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import quote
@@ -154,6 +155,26 @@ def plan_download(
     return status, headers, byte_range
 
 
+async def until_disconnect(receive: Receive, stream: Callable[[], Awaitable[None]], scope: Scope) -> None:
+    """Run `stream` (a response's sends) until it ends or the client goes away, whichever comes first. uvicorn drops
+    sends after a disconnect without telling us: without this watcher a vanished client would still have the whole
+    body read from storage."""
+    async with anyio.create_task_group() as group:
+
+        async def stream_then_stop() -> None:
+            await stream()
+            group.cancel_scope.cancel()
+
+        async def stop_on_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            logger.debug("client went away during download of %s", scope.get("path"))
+            group.cancel_scope.cancel()
+
+        group.start_soon(stream_then_stop)
+        group.start_soon(stop_on_disconnect)
+
+
 class ReadHandleResponse(Response):
     """Streams one byte range of an opened object, and always closes the handle (disconnects included)."""
 
@@ -167,22 +188,7 @@ class ReadHandleResponse(Response):
             if self.byte_range.end - self.byte_range.start <= WATCH_DISCONNECT_ABOVE:
                 await self._stream(send)
                 return
-            # uvicorn drops sends after a disconnect without telling us: watch for it, or a vanished client
-            # would still have the whole object read from storage.
-            async with anyio.create_task_group() as group:
-
-                async def stream_then_stop() -> None:
-                    await self._stream(send)
-                    group.cancel_scope.cancel()
-
-                async def stop_on_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    logger.debug("client went away during download of %s", scope.get("path"))
-                    group.cancel_scope.cancel()
-
-                group.start_soon(stream_then_stop)
-                group.start_soon(stop_on_disconnect)
+            await until_disconnect(receive, lambda: self._stream(send), scope)
         except OSError:
             logger.debug("client went away during download of %s", scope.get("path"))
         finally:

@@ -191,6 +191,20 @@ class Settings(Branch):
         validation_alias=ours("presigned_only_min_size"),
         description="Proxied PUTs above this size are refused: clients must use multipart",
     )
+    # Bounds on what one archive or recursive listing walks and sends, checked from the listing before a byte goes
+    # out: a request naming a huge prefix gets a 400 telling it to narrow the path or the glob.
+    archive_max_files: int = Field(
+        100_000,
+        ge=1,
+        validation_alias=ours("archive_max_files"),
+        description="Files in one archive or recursive listing, then 400",
+    )
+    archive_max_bytes: Bytes = Field(
+        100 * 1024 * MiB,
+        ge=0,
+        validation_alias=ours("archive_max_bytes"),
+        description="Bytes of files in one archive, then 400",
+    )
     # server-info values MLflow 3.18 reads from its own variables: this service stores no skills and does no auth for
     # the tracking server, it only repeats what an operator sets for clients to see.
     skill_content_max_size: Bytes = Field(

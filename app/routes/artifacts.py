@@ -1,4 +1,5 @@
-"""GET/HEAD/PUT/DELETE `artifacts/<path>` and the `artifacts?path=` listing.
+"""GET/HEAD/PUT/DELETE `artifacts/<path>` and the `artifacts?path=` listing (`?archive=`, `recursive=` and `glob=`
+are `routes/archives.py`).
 
 These are the hot paths, so they are plain Starlette endpoints: no dependency resolution or response-model
 validation per request, and at most one thread hop for a small file.
@@ -27,6 +28,7 @@ from app.errors import ArtifactProxyError, InvalidParameter, IsADirectoryArtifac
 from app.integrity import DigestingStream, expected_digests, repr_digest
 from app.paths import EntryPath, canonical_path, entry_path, file_path
 from app.policy import presigned_only_above, refuse_proxied
+from app.routes.archives import flag, glob_of, recursive_listing, serve_archive
 from app.schemas import list_json
 from app.settings import Settings
 from app.storage.base import ArtifactStore, WriteOptions, supports_multipart_upload
@@ -38,6 +40,8 @@ async def download(request: Request) -> Response:
     path = canonical_path(request.path_params["path"])
     await authorize(request, Operation.READ, path)
     refuse_proxied(settings_of(request), upload=False)
+    if "archive" in request.query_params:
+        return await serve_archive(request, path)
     return await serve_download(request, entry_path(path, IsADirectoryArtifact(path.canonical)))
 
 
@@ -116,7 +120,12 @@ async def list_artifacts(request: Request) -> Response:
     values = request.query_params.getlist("path")
     path = canonical_path(values[0] if values else "")
     await authorize(request, Operation.READ, path)
+    if flag(request, "recursive"):
+        return await recursive_listing(request, path)
+    glob = glob_of(request)
     infos = await store_of(request).list(path)
+    if glob is not None:
+        infos = [info for info in infos if glob.matches(info.path)]
     return JSONResponse(list_json(infos))
 
 

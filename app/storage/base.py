@@ -7,6 +7,9 @@ Semantics every backend honours:
 - `write` is atomic: no reader ever observes a partial object; on any failure (including the source iterator
   raising because the client went away) nothing new is visible and the previous version is intact.
 - `list` is one level deep with basenames, never returns the listed path itself, and hides in-progress uploads.
+- `walk` yields every file below a path (no directories), at any depth, as paths relative to it, in no particular
+  order; it hides in-progress uploads as `list` does and never follows links (local, SFTP): no loops, and no file
+  reached through a link that authorization would have to resolve again. A missing path, or a file, walks as nothing.
 - `delete` removes a file or a whole prefix and is idempotent (a missing path is not an error).
 - `open_read` raises `ArtifactNotFound` for a missing object and `IsADirectoryArtifact` for a directory/prefix.
 
@@ -17,7 +20,7 @@ both `server-info` and the 501 answers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -55,6 +58,13 @@ class FileInfo:
     path: str  # basename
     is_dir: bool
     file_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WalkEntry:
+    path: str  # relative to the walked directory, `/`-separated, no empty segments
+    size: int
+    last_modified: float | None = None  # POSIX seconds, when the listing gives it
 
 
 class ReadHandle(Protocol):
@@ -153,6 +163,11 @@ class ArtifactStore(Protocol):
         """Store the bytes of `chunks` at `path` atomically; `size` is the announced length when known."""
 
     async def list(self, path: ArtifactPath) -> list[FileInfo]: ...
+
+    def walk(self, path: ArtifactPath) -> AsyncGenerator[WalkEntry, None]:
+        """Every file below `path`, recursively (see the module docstring); an async generator, so a caller that
+        stops early (a limit reached) stops the backend's paging too."""
+        ...
 
     async def delete(self, path: EntryPath) -> None: ...
 

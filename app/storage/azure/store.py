@@ -6,7 +6,7 @@ Listing and deleting are here: they are short, and only the store needs them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -32,8 +32,10 @@ from app.storage.base import (
     FileInfo,
     ObjectMeta,
     PresignedUrl,
+    WalkEntry,
     WriteOptions,
 )
+from app.storage.walks import relative_key
 
 DELETE_CONCURRENCY = 16
 
@@ -88,6 +90,15 @@ class AzureBlobStore:
                     infos.append(info)
         infos.sort(key=lambda info: info.path)  # Azure orders whole names, and "b.txt" < "b/" but "b" < "b.txt"
         return infos
+
+    async def walk(self, path: ArtifactPath) -> AsyncGenerator[WalkEntry, None]:
+        name = self.client.blob_name(path)
+        prefix = f"{name}/" if name else ""
+        with storage_errors("list", path.canonical):
+            async for blob in self.client.container.list_blobs(name_starts_with=prefix or None):
+                if (relative := relative_key(blob.name, prefix)) is not None:
+                    modified = blob.last_modified
+                    yield WalkEntry(relative, int(blob.size or 0), modified.timestamp() if modified else None)
 
     # delete --------------------------------------------------------------------------------------------------------
     async def delete(self, path: EntryPath) -> None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from functools import partial
 from urllib.parse import urlsplit
 
 from app.errors import StorageMisconfigured, StorageTimeout, StorageUnavailable
 from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
-from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
+from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WalkEntry, WriteOptions
 from app.storage.ftp.commands import FTPCommands
 from app.storage.ftp.config import parse_ftp_uri
 from app.storage.ftp.connection import FTPConnection
@@ -33,6 +34,7 @@ from app.storage.ftp.facts import file_info
 from app.storage.ftp.pool import Lease
 from app.storage.ftp.upload import FTPUploads
 from app.storage.remote_paths import by_name, remote_path
+from app.storage.walks import visible
 
 logger = logging.getLogger("artifact_proxy.storage.ftp")
 
@@ -97,6 +99,34 @@ class FTPStore:
             return by_name(file_info(name, info) for name, info in await self._commands.entries(lease, remote) or [])
 
         return await self._connection.run("listing", path.canonical, op)
+
+    async def walk(self, path: ArtifactPath) -> AsyncGenerator[WalkEntry, None]:
+        """One MLSD (or LIST) per directory; links and devices are not files here (`facts.file_info`)."""
+        base = remote_path(self.root, path)
+
+        async def level(lease: Lease, relative: str) -> tuple[list[WalkEntry], list[str]]:
+            found: list[WalkEntry] = []
+            subdirs: list[str] = []
+            for name, info in (
+                await self._commands.entries(lease, posixpath.join(base, relative) if relative else base) or []
+            ):
+                item = file_info(name, info)
+                if item is None or not visible(name):
+                    continue
+                child = f"{relative}/{name}" if relative else name
+                if item.is_dir:
+                    subdirs.append(child)
+                else:
+                    found.append(WalkEntry(child, item.file_size or 0))
+            return found, subdirs
+
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            files, subdirs = await self._connection.run("listing", path.canonical, partial(level, relative=relative))
+            for entry in files:
+                yield entry
+            pending.extend(subdirs)
 
     # delete --------------------------------------------------------------------------------------------------------
     async def delete(self, path: EntryPath) -> None:

@@ -6,7 +6,7 @@ needs them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from app.storage.base import (
     FileInfo,
     ObjectMeta,
     PresignedUrl,
+    WalkEntry,
     WriteOptions,
 )
 from app.storage.gcs.client import GCSClient, logger
@@ -34,6 +35,7 @@ from app.storage.gcs.multipart import ComposedUploads
 from app.storage.gcs.reader import MAX_READ_CHUNK, GCSReadHandle
 from app.storage.gcs.signing import CannotSign, URLSigner
 from app.storage.gcs.writer import ObjectWriter
+from app.storage.walks import relative_key
 
 
 class GCSStore:
@@ -98,6 +100,15 @@ class GCSStore:
                     infos.append(FileInfo(base, True))
         infos.sort(key=lambda info: info.path)  # GCS orders whole names (files, then prefixes): not our order
         return infos
+
+    async def walk(self, path: ArtifactPath) -> AsyncGenerator[WalkEntry, None]:
+        prefix = self.client.dir_prefix(path)
+        async for page in self.client.pages(prefix):
+            for item in page.get("items", []):
+                if (name := relative_key(item["name"], prefix)) is not None:
+                    updated = item.get("updated")
+                    modified = datetime.fromisoformat(updated).timestamp() if updated else None
+                    yield WalkEntry(name, int(item.get("size", 0)), modified)
 
     async def delete(self, path: EntryPath) -> None:
         await self.client.delete_objects([self.client.object_name(path)])

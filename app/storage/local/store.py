@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -36,6 +36,7 @@ from app.storage.base import (
     FileInfo,
     ObjectMeta,
     PresignedUrl,
+    WalkEntry,
     WriteOptions,
 )
 from app.storage.local.files import MISSING, LocalFiles, TempFile, write_all
@@ -43,6 +44,7 @@ from app.storage.local.presigning import LocalPresigning
 from app.storage.local.reading import LocalReadHandle, head_of, open_for_read
 from app.storage.local.resolve import PATH_FLAGS
 from app.storage.local.sweep import sweep
+from app.storage.local.walk import walk
 
 logger = logging.getLogger("artifact_proxy.storage.local")
 
@@ -222,6 +224,9 @@ class LocalStore:
         if stat.S_ISDIR(st.st_mode):
             return FileInfo(entry.name, True)
         return FileInfo(entry.name, False, st.st_size) if stat.S_ISREG(st.st_mode) else None
+
+    def walk(self, path: ArtifactPath) -> AsyncGenerator[WalkEntry, None]:
+        return walk(self.files, path)
 
     # delete -------------------------------------------------------------------------------------------------------
     async def delete(self, path: EntryPath) -> None:

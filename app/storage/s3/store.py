@@ -11,7 +11,7 @@ One aiobotocore client per process, opened in `start()`, so its connection pool 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from botocore import exceptions as bce
@@ -28,6 +28,7 @@ from app.storage.base import (
     FileInfo,
     ObjectMeta,
     PresignedUrl,
+    WalkEntry,
     WriteOptions,
 )
 from app.storage.chunks import prepend
@@ -36,6 +37,7 @@ from app.storage.s3.errors import map_error
 from app.storage.s3.presign import S3Presigner, presign_blocker
 from app.storage.s3.read import S3ReadHandle
 from app.storage.s3.upload import S3Uploader, first_part, part_size_for
+from app.storage.walks import relative_key
 
 logger = logging.getLogger("artifact_proxy.storage.s3")
 
@@ -128,6 +130,14 @@ class S3Store:
                     infos.append(FileInfo(name, True))
         infos.sort(key=lambda info: info.path)
         return infos
+
+    async def walk(self, path: ArtifactPath) -> AsyncGenerator[WalkEntry, None]:
+        prefix = self.client.dir_prefix(path)
+        async for page in self._pages(path, prefix, delimiter=False):
+            for obj in page.get("Contents", []):
+                if (name := relative_key(obj["Key"], prefix)) is not None:
+                    modified = obj.get("LastModified")
+                    yield WalkEntry(name, int(obj.get("Size", 0)), modified.timestamp() if modified else None)
 
     # delete --------------------------------------------------------------------------------------------------------
     async def delete(self, path: EntryPath) -> None:

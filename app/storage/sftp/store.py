@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
+from functools import partial
 
 import asyncssh
 from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, FILEXFER_TYPE_SYMLINK
@@ -21,13 +22,14 @@ from asyncssh.constants import FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_REGULAR, F
 from app.errors import StorageTimeout, StorageUnavailable
 from app.paths import ArtifactPath, EntryPath
 from app.settings import Settings
-from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WriteOptions
+from app.storage.base import DEFAULT_WRITE, Capabilities, FileInfo, ObjectMeta, WalkEntry, WriteOptions
 from app.storage.remote_paths import by_name, listable, remote_path
 from app.storage.sftp.config import check_files, parse_sftp_uri
 from app.storage.sftp.connection import SFTPConnection
 from app.storage.sftp.errors import MISSING
 from app.storage.sftp.read import SFTPReadHandle, open_download, stat_file
 from app.storage.sftp.upload import SFTPUploads
+from app.storage.walks import visible
 
 logger = logging.getLogger("artifact_proxy.storage.sftp")
 
@@ -93,6 +95,36 @@ class SFTPStore:
             return by_name([await _info(sftp, remote, name) for name in names if listable(str(name.filename))])
 
         return await self._connection.run("listing", path.canonical, op)
+
+    async def walk(self, path: ArtifactPath) -> AsyncGenerator[WalkEntry, None]:
+        """One READDIR per directory; links are not followed (the backend interface says why)."""
+        base = remote_path(self.root, path)
+
+        async def level(sftp: asyncssh.SFTPClient, relative: str) -> tuple[list[WalkEntry], list[str]]:
+            try:
+                names = await sftp.readdir(posixpath.join(base, relative) if relative else base)
+            except asyncssh.SFTPError:
+                return [], []  # missing, a file, or gone since its parent was read
+            found: list[WalkEntry] = []
+            subdirs: list[str] = []
+            for name in names:
+                filename, attrs = str(name.filename), name.attrs
+                if not visible(filename):
+                    continue
+                child = f"{relative}/{filename}" if relative else filename
+                if attrs.type == FILEXFER_TYPE_DIRECTORY:
+                    subdirs.append(child)
+                elif attrs.type == FILEXFER_TYPE_REGULAR:
+                    found.append(WalkEntry(child, attrs.size or 0, attrs.mtime))
+            return found, subdirs
+
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            files, subdirs = await self._connection.run("listing", path.canonical, partial(level, relative=relative))
+            for entry in files:
+                yield entry
+            pending.extend(subdirs)
 
     # delete --------------------------------------------------------------------------------------------------------
     async def delete(self, path: EntryPath) -> None:
