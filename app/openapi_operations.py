@@ -65,6 +65,29 @@ LISTED_PATH = {
     "required": False,
     "description": "The directory to list (the root if absent).",
 }
+GLOB = _param(
+    "glob",
+    "query",
+    "Only paths (relative to the directory) matching this: `*` within a segment, `**` across them (`**/*.png`), `?`, "
+    "`[abc]`. `..`, a leading `/` and control characters are 400.",
+)
+TREE = [
+    _param(
+        "archive",
+        "query",
+        "Send the directory's files as one archive instead (400 for a file); paths inside are relative to it. ZIP "
+        "and tar carry a Content-Length; past ARTIFACT_PROXY_ARCHIVE_MAX_FILES or _MAX_BYTES, 400 before any byte.",
+        enum=["zip", "tar", "tar.gz"],
+    ),
+    GLOB,
+]
+RECURSIVE = _param(
+    "recursive",
+    "query",
+    "`true`: every file below the directory (no directory entries), relative to it, sorted; at most "
+    "ARTIFACT_PROXY_ARCHIVE_MAX_FILES (else 400).",
+    enum=["true", "false"],
+)
 MULTIPART_DIR = {**ARTIFACT_PATH, "description": "The directory the upload goes to; the body's `path` names the file."}
 RANGE = [
     _param("Range", "header", "One byte range (`bytes=0-99`, `bytes=-100`); several, or a malformed one, get it all."),
@@ -155,11 +178,11 @@ def _multipart(summary: str, request: type[BaseModel], reply: Fragment, extra: d
 # and without a trailing `/{path}` (the MLflow client omits an empty one); both get the same entry.
 OPERATIONS: dict[tuple[str, str], Fragment] = {
     ("list_artifacts", "GET"): {
-        "summary": "List a directory, one level",
-        "parameters": [LISTED_PATH],
+        "summary": "List a directory, one level (or, with recursive=true, every file below it)",
+        "parameters": [LISTED_PATH, RECURSIVE, GLOB],
         "responses": {"200": _json(schemas.ListArtifactsResponse, "The entries"), **AUTHENTICATED},
     },
-    ("artifact", "GET"): _download("Download an artifact", [ARTIFACT_PATH]),
+    ("artifact", "GET"): _download("Download an artifact, or a directory as an archive", [ARTIFACT_PATH, *TREE]),
     ("artifact", "PUT"): {
         "summary": "Upload an artifact, streamed and atomic",
         "parameters": [ARTIFACT_PATH, *DIGESTS],
