@@ -37,10 +37,11 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     os.symlink("../elsewhere", root / "links" / "inside-dir")
     os.symlink("../elsewhere/secret.txt", root / "links" / "inside-file")
     os.mkfifo(root / "links" / "fifo")
-    for name in ("big", "cut"):
+    for name in ("big", "cut", "vanish"):
         (root / name).mkdir()
         with open(root / name / "sparse.bin", "wb") as sparse:
             sparse.truncate(SPARSE)  # 2 GiB of holes: nothing on disk, every byte read
+    (root / "vanish" / "then.txt").write_bytes(b"deleted before its turn")
     with running_proxy(str(root), base / "proxy") as proxy:
         yield proxy
 
@@ -90,6 +91,25 @@ def test_a_client_that_hangs_up_stops_the_reads(local: Proxy) -> None:
     assert local.logged(line), "the archive request never ended"
     sent = int(re.findall(re.escape(line) + r" in=\d+ out=(\d+)", local.log())[-1])
     assert 4 * MiB <= sent < 256 * MiB, f"{sent} bytes sent after the client went away"
+
+
+def test_a_file_deleted_before_its_turn_aborts_the_archive(local: Proxy) -> None:
+    """The listing promised `then.txt` (it is in the length and will be in the central directory): once it is gone,
+    the stream stops short of its length, a failed download, rather than a complete-looking archive without it.
+    It is deleted after the first MiB arrives, while 2 GiB of `sparse.bin` (sorted first) still stand before it."""
+    with httpx.Client(timeout=PATIENCE) as http:
+        with http.stream("GET", local.artifact_url("vanish"), params={"archive": "tar"}) as response:
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            received = len(next(chunks))
+            while received < MiB:
+                received += len(next(chunks))
+            (Path(local.destination) / "vanish" / "then.txt").unlink()
+            with pytest.raises(httpx.RemoteProtocolError):
+                for chunk in chunks:
+                    received += len(chunk)
+    assert received < int(response.headers["content-length"])
+    assert local.logged("archive of 'vanish' aborted: 'vanish/then.txt' vanished since it was listed")
 
 
 # authorization per file ------------------------------------------------------------------------------------------
