@@ -21,6 +21,7 @@ import click
 import uvicorn
 
 from app import __version__, mlflow_flags
+from app.client.commands import COMMANDS as CLIENT_COMMANDS
 from app.errors import ArtifactProxyError
 from app.http_limits import LimitedHttpToolsProtocol
 from app.logs import log_config
@@ -83,7 +84,11 @@ def default_workers() -> int:
 @click.group(context_settings={"help_option_names": ["--help"]})
 @click.version_option(__version__, "--version", prog_name="artifact-proxy")
 def main() -> None:
-    """artifact-proxy: an async, streaming drop-in for `mlflow server --artifacts-only`."""
+    """artifact-proxy: an async, streaming drop-in for `mlflow server --artifacts-only`, and its client."""
+
+
+for _command in CLIENT_COMMANDS:  # ls, cp, rm, verify: app/client/
+    main.add_command(_command)
 
 
 @main.command(context_settings={"help_option_names": ["--help"]})

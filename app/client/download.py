@@ -1,0 +1,242 @@
+"""Downloads that survive cut connections and end verified, or not at all.
+
+Bytes go to `<file>.part` (the ETag they belong to in `<file>.part.etag`) and the file appears under its name only
+when it is complete and its SHA-256 matches the server's `Repr-Digest`. A mismatch removes what was received. A cut
+stream, in this run (a retry) or a later one (the `.part` left behind), continues with `Range: bytes=<have>-` and
+`If-Range: <etag>`: if the artifact changed meanwhile the server answers 200 with the whole new version, and the
+download starts over. Large files on servers that presign downloads come through the presigned URL instead, in
+`jobs` parallel ranges of `part_size`, each range retried alone from where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from app.client.digests import file_sha256, from_header
+from app.client.options import TransferOptions
+from app.client.progress import Bars
+from app.client.session import (
+    RETRIED_STATUSES,
+    ClientError,
+    Session,
+    backoff,
+    first_error,
+    status_error,
+    transport_message,
+)
+from app.client.uris import Remote
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    size: int
+    verified: bool  # False: the server sent no digest to check against
+
+
+def part_paths(local: Path) -> tuple[Path, Path]:
+    return local.with_name(local.name + ".part"), local.with_name(local.name + ".part.etag")
+
+
+async def download_file(
+    session: Session, remote: Remote, local: Path, size: int | None, options: TransferOptions, bars: Bars
+) -> Downloaded:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    info = await session.server_info()
+    presigned = info.get("artifacts_presigned_only") or (
+        info.get("multipart_downloads_enabled") and size is not None and size >= options.multipart_threshold
+    )
+    if presigned:
+        done = await _presigned(session, remote, local, options, bars)
+        if done is not None:
+            return done
+    return await _streamed(session, remote, local, bars)
+
+
+def _finish(remote: Remote, part: Path, local: Path, expected: str | None, actual: str) -> bool:
+    """Rename into place if the digest matches (or none was given); blocking."""
+    if expected is not None and expected != actual:
+        part.unlink(missing_ok=True)
+        raise ClientError(
+            f"{remote}: SHA-256 mismatch (the server says {expected}, the bytes received hash to {actual}); "
+            f"nothing was kept at {local}"
+        )
+    os.replace(part, local)
+    return expected is not None
+
+
+def _resumable(part: Path, etag_file: Path) -> tuple[int, str | None]:
+    try:
+        return part.stat().st_size, etag_file.read_text().strip() or None
+    except FileNotFoundError:
+        return 0, None
+
+
+async def _streamed(session: Session, remote: Remote, local: Path, bars: Bars) -> Downloaded:
+    part, etag_file = part_paths(local)
+    have, etag = _resumable(part, etag_file)
+    if have and not etag:
+        have = 0  # bytes of unknown provenance: If-Range has nothing to guard them with
+    hasher = await asyncio.to_thread(file_sha256, part) if have else hashlib.sha256()
+    bars.moved(have)
+    url = remote.url()
+    for attempt in range(session.retries + 1):
+        headers = {"range": f"bytes={have}-", "if-range": etag} if have and etag else {}
+        try:
+            async with session.client.stream("GET", url, headers=session.headers_for(url, headers)) as response:
+                if response.status_code == 416:  # asked from the very end: start over rather than guess
+                    bars.moved(-have)
+                    have, hasher = 0, hashlib.sha256()
+                    part.unlink(missing_ok=True)
+                    continue
+                if response.status_code not in (200, 206):
+                    failure = status_error(response, f"download {remote}")
+                    if response.status_code not in RETRIED_STATUSES:
+                        raise failure
+                    raise _Retry(failure)
+                if response.status_code == 206 and not _starts_at(response, have):
+                    raise ClientError(f"download {remote}: the server sent a range that does not continue the file")
+                if response.status_code == 200 and have:
+                    bars.moved(-have)  # the artifact changed (or Range was ignored): the new version, whole
+                    have, hasher = 0, hashlib.sha256()
+                etag = response.headers.get("etag")
+                await asyncio.to_thread(_begin, part, etag_file, etag, truncate=have == 0)
+                expected = from_header(response.headers.get("repr-digest"))
+                with open(part, "ab") as out:
+                    async for block in response.aiter_raw():
+                        await asyncio.to_thread(_write_hashed, out, block, hasher)
+                        have += len(block)
+                        bars.moved(len(block))
+            verified = await asyncio.to_thread(_finish, remote, part, local, expected, hasher.hexdigest())
+            etag_file.unlink(missing_ok=True)
+            return Downloaded(have, verified)
+        except _Retry as retry:
+            failure = retry.failure
+        except httpx.TransportError as exc:
+            failure = ClientError(f"download {remote}: {transport_message(url, exc)} after {have} bytes")
+        if attempt == session.retries:
+            raise failure
+        await asyncio.sleep(backoff(attempt))
+    raise AssertionError("unreachable")
+
+
+class _Retry(Exception):
+    def __init__(self, failure: ClientError) -> None:
+        self.failure = failure
+
+
+def _starts_at(response: httpx.Response, offset: int) -> bool:
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    return match is not None and int(match.group(1)) == offset
+
+
+def _begin(part: Path, etag_file: Path, etag: str | None, truncate: bool) -> None:
+    if truncate:
+        part.write_bytes(b"")
+    if etag and not etag.startswith("W/"):  # a weak ETag cannot guard a byte range
+        etag_file.write_text(etag)
+    else:
+        etag_file.unlink(missing_ok=True)
+
+
+def _write_hashed(out: Any, block: bytes, hasher: Any) -> None:
+    out.write(block)
+    hasher.update(block)
+
+
+async def _presigned(
+    session: Session, remote: Remote, local: Path, options: TransferOptions, bars: Bars
+) -> Downloaded | None:
+    """Ranged parallel download through the presigned URL; None when the server cannot presign this file."""
+    signed = await session.request(
+        "GET", f"{remote.api}/presigned/{quote(remote.path, safe='/')}", what=f"download {remote}", ok=(200, 501)
+    )
+    if signed.status_code == 501:
+        return None
+    body = signed.json()
+    url, extra = body["url"], dict(body.get("headers") or {})
+    size = body.get("file_size")
+    if size is None:
+        return None  # no size to split by: the streamed GET, which also resumes
+    size = int(size)
+    # The digest comes from the artifact route: a store's presigned URL (S3, GCS) does not know ours. A server in
+    # presigned-only mode refuses that HEAD (403): then the signed response may still say (a local destination's).
+    head = await session.request("HEAD", remote.url(), what=f"download {remote}", ok=(200, 403))
+    expected = from_header(head.headers.get("repr-digest"))
+    part, etag_file = part_paths(local)
+    etag_file.unlink(missing_ok=True)
+    await asyncio.to_thread(_allocate, part, size)
+    slots = asyncio.Semaphore(options.jobs)
+    stated: list[str | None] = []
+
+    async def fetch(start: int, end: int) -> None:
+        async with slots:
+            stated.append(await _fetch_range(session, remote, url, extra, part, start, end, bars))
+
+    ranges = [(start, min(start + options.part_size, size) - 1) for start in range(0, size, options.part_size)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            for start, end in ranges:
+                group.create_task(fetch(start, end))
+    except BaseExceptionGroup as exc:
+        raise first_error(exc) from None
+    expected = expected or next((digest for digest in stated if digest), None)
+    actual = (await asyncio.to_thread(file_sha256, part)).hexdigest()
+    verified = await asyncio.to_thread(_finish, remote, part, local, expected, actual)
+    return Downloaded(size, verified)
+
+
+def _allocate(part: Path, size: int) -> None:
+    with open(part, "wb") as f:
+        f.truncate(size)
+
+
+async def _fetch_range(
+    session: Session, remote: Remote, url: str, extra: dict[str, str], part: Path, start: int, end: int, bars: Bars
+) -> str | None:
+    """Write bytes start..end (inclusive) of the presigned URL into `part`; the Repr-Digest the response states."""
+    at = start
+    for attempt in range(session.retries + 1):
+        headers = session.headers_for(url, {**extra, "range": f"bytes={at}-{end}"})
+        try:
+            async with session.client.stream("GET", url, headers=headers) as response:
+                whole = response.status_code == 200 and at == 0
+                if response.status_code != 206 and not whole:
+                    failure = status_error(response, f"download {remote}")
+                    if response.status_code not in RETRIED_STATUSES:
+                        raise failure
+                    raise _Retry(failure)
+                if response.status_code == 206 and not _starts_at(response, at):
+                    raise ClientError(f"download {remote}: the presigned URL answered a different range")
+                fd = await asyncio.to_thread(os.open, part, os.O_WRONLY)
+                try:
+                    async for block in response.aiter_raw():
+                        block = block[: end + 1 - at]
+                        await asyncio.to_thread(os.pwrite, fd, block, at)
+                        at += len(block)
+                        bars.moved(len(block))
+                        if at > end:
+                            break
+                finally:
+                    os.close(fd)
+                if at <= end:
+                    raise ClientError(f"download {remote}: the presigned URL ended the range early")
+                return from_header(response.headers.get("repr-digest"))
+        except _Retry as retry:
+            failure = retry.failure
+        except httpx.TransportError as exc:
+            failure = ClientError(f"download {remote}: {transport_message(url, exc)}")
+        if attempt == session.retries:
+            raise failure
+        await asyncio.sleep(backoff(attempt))
+    raise AssertionError("unreachable")
