@@ -67,6 +67,7 @@ def _finish(remote: Remote, part: Path, local: Path, expected: str | None, actua
     """Rename into place if the digest matches (or none was given); blocking."""
     if expected is not None and expected != actual:
         part.unlink(missing_ok=True)
+        part.with_name(part.name + ".etag").unlink(missing_ok=True)
         raise ClientError(
             f"{remote}: SHA-256 mismatch (the server says {expected}, the bytes received hash to {actual}); "
             f"nothing was kept at {local}"

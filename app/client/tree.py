@@ -58,7 +58,8 @@ async def upload(
     bars.expect(sum(sizes.values()), len(pairs))
 
     async def one(local: Path, remote: Remote) -> None:
-        summary.bytes += await upload_file(session, local, remote, options, bars)
+        sent = await upload_file(session, local, remote, options, bars)
+        summary.bytes += sent  # not `+= await ...`: that reads the total before the await, losing concurrent adds
 
     await _run(pairs, lambda pair: one(*pair), lambda pair: str(pair[0]), options.jobs, bars, summary)
 
