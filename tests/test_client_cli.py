@@ -19,8 +19,9 @@ from app.cli import main
 from app.client.listing import lists_whole_tree
 from app.client.uris import Remote, UriError, parse_remote
 from app.signing import PART_ROUTE
-from tests.servers import free_port
+from tests.servers import STARTUP_TIMEOUT, free_port, http_ok, start_process, stop_process, wait_until
 from tests.utils.faulty_proxy import Fault, faulty_proxy
+from tests.utils.mlflow_clients import MLFLOW_VENV
 from tests.utils.proxy import Proxy, running_proxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -284,3 +285,36 @@ def test_a_large_download_comes_in_presigned_ranges_and_a_cut_range_continues(se
         cut = next(s for s in front.seen if s.faulted).headers["range"]
         start = int(cut.split("=")[1].split("-")[0])
         assert f"bytes={start + 1000}-{cut.split('-')[1]}" in ranges
+
+
+def test_against_mlflow_server_artifacts_only(tmp_path: Path) -> None:
+    """MLflow's own server lists one level and ignores recursive=true: the client walks, and round trips a tree."""
+    mlflow = MLFLOW_VENV / "bin" / "mlflow"
+    if not mlflow.exists():
+        pytest.skip(f"no MLflow server venv at {MLFLOW_VENV} (deploy/setup-mlflow-venv.sh makes it)")
+    port = free_port()
+    args = [str(mlflow), "server", "--artifacts-only", "--artifacts-destination", str(tmp_path / "root")]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    process = start_process(args, tmp_path / "mlflow.log", cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(http_ok(f"{url}/health"), STARTUP_TIMEOUT, "mlflow server --artifacts-only", process)
+        files = make_tree(tmp_path / "src")
+        root = f"{url}/api/2.0/mlflow-artifacts/artifacts/exp/run"
+        assert cli("cp", "-r", str(tmp_path / "src"), root).returncode == 0
+        listed = cli("ls", "-r", root)
+        assert listed.stdout.splitlines() == sorted(files), listed.stderr
+        down = cli("cp", "-r", root, str(tmp_path / "out"), "--json")
+        assert down.returncode == 0, down.stderr
+        assert all((tmp_path / "out" / rel).read_bytes() == data for rel, data in files.items())
+        assert len(summary(down)["not_verified"]) == len(files)  # type: ignore[arg-type]  # MLflow sends no digest
+    finally:
+        stop_process(process)
+
+
+def test_ls_of_a_file_and_of_nothing(server: Proxy) -> None:
+    assert httpx.put(server.artifact_url("lsf/x.txt"), content=b"12345").status_code == 200
+    one = CliRunner().invoke(main, ["ls", "-l", server.artifact_url("lsf/x.txt")])
+    assert one.exit_code == 0 and one.output.split() == ["5", "x.txt"]
+    nothing = CliRunner().invoke(main, ["ls", server.artifact_url("lsf/none")])
+    assert nothing.exit_code == 1 and "not found (404)" in nothing.output

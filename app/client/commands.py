@@ -130,8 +130,10 @@ def ls(
             entries = await list_tree(session, remote, pattern, jobs, not no_server_recursive)
         else:
             entries = await list_one_level(session, remote, pattern)
-        if not entries and remote.path and await head_size(session, remote) is not None:
-            return [{"path": remote.name, "is_dir": False, "file_size": await head_size(session, remote)}]
+        if not entries and remote.path:  # nothing below: a file, an empty directory, or nothing at all (404)
+            size = await head_size(session, remote)
+            if size is not None:
+                return [{"path": remote.name, "is_dir": False, "file_size": size}]
         return [
             {"path": e.path, "is_dir": e.is_dir, **({"file_size": e.size} if not e.is_dir else {})} for e in entries
         ]
