@@ -10,7 +10,8 @@ one level: basenames, directories as `is_dir: true` entries. Telling the two apa
   listing has no directories by definition, and a one-level listing without directories is the whole tree.
 
 So the answer is right without knowing which server answered. A server may also ignore `glob`, so the pattern is
-applied here too; filtering what the server already filtered changes nothing.
+applied here too, with the server's own matcher (`app.globs`: `*` within a segment, `**` across them): filtering what
+the server already filtered changes nothing, and a walk of MLflow's server selects what ours would.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import posixpath
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 from app.client.session import ClientError, NotFound, Session
 from app.client.uris import ARTIFACTS_ROOT, Remote, join
+from app.errors import InvalidParameter
+from app.globs import Glob, parse_glob
 
 
 @dataclass(frozen=True, order=True)
@@ -33,10 +36,18 @@ class Entry:
 
 
 def matches(path: str, pattern: str | None) -> bool:
-    """Shell-style, on the relative path (`*` crosses `/`); a pattern without `/` also tries the basename."""
-    if pattern is None:
-        return True
-    return fnmatchcase(path, pattern) or ("/" not in pattern and fnmatchcase(posixpath.basename(path), pattern))
+    """`glob=` as the server matches it, on the path relative to the listed directory."""
+    return pattern is None or _compiled(pattern).matches(path)
+
+
+@lru_cache(maxsize=8)
+def _compiled(pattern: str) -> Glob:
+    try:
+        glob = parse_glob(pattern)
+    except InvalidParameter as exc:
+        raise ClientError(f"--glob {pattern!r}: {exc.message}") from None
+    assert glob is not None  # only an absent pattern parses to None
+    return glob
 
 
 def lists_whole_tree(files: list[dict[str, Any]]) -> bool:
