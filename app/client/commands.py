@@ -108,7 +108,11 @@ def no_server_recursive(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.command("ls", context_settings=CONTEXT)
 @click.argument("uri")
 @click.option("-r", "--recursive", is_flag=True, help="Every file below, as paths relative to URI.")
-@click.option("--glob", "pattern", help="Pattern on the path relative to URI, as the server's glob=: * within a name, ** across directories.")
+@click.option(
+    "--glob",
+    "pattern",
+    help="Pattern on the path relative to URI, as glob=: * within a name, ** across directories.",
+)
 @click.option("-l", "--long", "long_format", is_flag=True, help="Show sizes.")
 @no_server_recursive
 @common
