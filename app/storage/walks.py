@@ -6,7 +6,10 @@ same relative names level by level; both keep only what `list` would show at eac
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 from app.paths import TEMP_PREFIX
+from app.storage.base import WalkEntry
 
 
 def visible(name: str) -> bool:
@@ -24,3 +27,17 @@ def relative_key(key: str, prefix: str) -> str | None:
     if not rest or not all(visible(segment) for segment in rest.split("/")):
         return None
     return rest
+
+
+Level = tuple[list[WalkEntry], list[str]]  # one directory's files, and its subdirectories to descend into
+
+
+async def walk_levels(read_level: Callable[[str], Awaitable[Level]]) -> AsyncIterator[WalkEntry]:
+    """Depth first over a remote tree, one listing per directory (SFTP, FTP): `read_level(relative)` lists the
+    directory at `relative` ("" the walked one), naming what it finds relative to the walked directory."""
+    pending = [""]
+    while pending:
+        files, subdirs = await read_level(pending.pop())
+        for entry in files:
+            yield entry
+        pending.extend(subdirs)

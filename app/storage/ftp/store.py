@@ -34,7 +34,7 @@ from app.storage.ftp.facts import file_info
 from app.storage.ftp.pool import Lease
 from app.storage.ftp.upload import FTPUploads
 from app.storage.remote_paths import by_name, remote_path
-from app.storage.walks import visible
+from app.storage.walks import Level, visible, walk_levels
 
 logger = logging.getLogger("artifact_proxy.storage.ftp")
 
@@ -104,7 +104,7 @@ class FTPStore:
         """One MLSD (or LIST) per directory; links and devices are not files here (`facts.file_info`)."""
         base = remote_path(self.root, path)
 
-        async def level(lease: Lease, relative: str) -> tuple[list[WalkEntry], list[str]]:
+        async def level(lease: Lease, relative: str) -> Level:
             found: list[WalkEntry] = []
             subdirs: list[str] = []
             for name, info in (
@@ -120,13 +120,11 @@ class FTPStore:
                     found.append(WalkEntry(child, item.file_size or 0))
             return found, subdirs
 
-        pending = [""]
-        while pending:
-            relative = pending.pop()
-            files, subdirs = await self._connection.run("listing", path.canonical, partial(level, relative=relative))
-            for entry in files:
-                yield entry
-            pending.extend(subdirs)
+        async def read_level(relative: str) -> Level:
+            return await self._connection.run("listing", path.canonical, partial(level, relative=relative))
+
+        async for entry in walk_levels(read_level):
+            yield entry
 
     # delete --------------------------------------------------------------------------------------------------------
     async def delete(self, path: EntryPath) -> None:

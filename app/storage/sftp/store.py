@@ -29,7 +29,7 @@ from app.storage.sftp.connection import SFTPConnection
 from app.storage.sftp.errors import MISSING
 from app.storage.sftp.read import SFTPReadHandle, open_download, stat_file
 from app.storage.sftp.upload import SFTPUploads
-from app.storage.walks import visible
+from app.storage.walks import Level, visible, walk_levels
 
 logger = logging.getLogger("artifact_proxy.storage.sftp")
 
@@ -100,7 +100,7 @@ class SFTPStore:
         """One READDIR per directory; links are not followed (the backend interface says why)."""
         base = remote_path(self.root, path)
 
-        async def level(sftp: asyncssh.SFTPClient, relative: str) -> tuple[list[WalkEntry], list[str]]:
+        async def level(sftp: asyncssh.SFTPClient, relative: str) -> Level:
             try:
                 names = await sftp.readdir(posixpath.join(base, relative) if relative else base)
             except asyncssh.SFTPError:
@@ -118,13 +118,11 @@ class SFTPStore:
                     found.append(WalkEntry(child, attrs.size or 0, attrs.mtime))
             return found, subdirs
 
-        pending = [""]
-        while pending:
-            relative = pending.pop()
-            files, subdirs = await self._connection.run("listing", path.canonical, partial(level, relative=relative))
-            for entry in files:
-                yield entry
-            pending.extend(subdirs)
+        async def read_level(relative: str) -> Level:
+            return await self._connection.run("listing", path.canonical, partial(level, relative=relative))
+
+        async for entry in walk_levels(read_level):
+            yield entry
 
     # delete --------------------------------------------------------------------------------------------------------
     async def delete(self, path: EntryPath) -> None:
