@@ -33,6 +33,8 @@ from bench.machine import machine  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.scenarios import run_all  # noqa: E402
 from bench.transcript import Transcript, log  # noqa: E402
+from bench.trees import END as TREES_END  # noqa: E402
+from bench.trees import START as TREES_START  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -65,12 +67,22 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     return Settings.from_args(parser.parse_args(argv))
 
 
+def kept_trees_section(out: Path) -> str:
+    """bench/trees.py's section of the report, which this run does not measure: kept as it was."""
+    old = out.read_text() if out.exists() else ""
+    if TREES_START not in old or TREES_END not in old:
+        return ""
+    start = old.rfind("\n## ", 0, old.index(TREES_START))  # with its heading
+    return old[start : old.index(TREES_END) + len(TREES_END)] + "\n"
+
+
 def write_outputs(ctx: Context, started: float) -> None:
     settings = ctx.settings
     settings.out.parent.mkdir(parents=True, exist_ok=True)
     host = machine(settings.proxy_workers)  # after the run, as before: its subprocesses must not load a measurement
     minutes = (time.time() - started) / 60
-    settings.out.write_text(report(ctx.results, settings, host, ctx.transcript.commands, dt.datetime.now(), minutes))
+    text = report(ctx.results, settings, host, ctx.transcript.commands, dt.datetime.now(), minutes)
+    settings.out.write_text(text + kept_trees_section(settings.out))
     (BENCH / "results.json").write_text(json.dumps(ctx.results, indent=2, default=str))
     log(f"wrote {settings.out} and bench/results.json in {(time.time() - started) / 60:.1f} min")
 
