@@ -13,10 +13,10 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -27,8 +27,11 @@ from app.settings import Settings
 from app.storage import writeback
 from app.storage.base import DEFAULT_WRITE, WriteOptions
 from app.storage.local.errors import FsCalls
+from app.storage.local.mounts import is_local
 from app.storage.local.resolve import PATH_FLAGS, Root
 from app.storage.local.sweep import lock_new_file
+
+T = TypeVar("T")
 
 # The upload's SHA-256, kept with the file itself (an extended attribute), so it moves and dies with it.
 DIGEST_XATTR = "user.artifact_proxy.sha256"
@@ -90,6 +93,8 @@ class LocalFiles:
         self._dir: Root | None = None
         self._fs = FsCalls(str(root))
         self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        # Whether small cached reads may run on the event loop (`reading.open_cached`): a disk filesystem only.
+        self.reads_on_loop = False
 
     def open_root(self) -> None:
         try:
@@ -99,6 +104,7 @@ class LocalFiles:
         self.real_root = os.path.realpath(self.root)
         self._dir = Root(self.real_root)
         self._fs = FsCalls(self.real_root)
+        self.reads_on_loop = hasattr(os, "RWF_NOWAIT") and is_local(self.real_root)
 
     def close(self) -> None:
         if self._dir is not None:
@@ -138,6 +144,10 @@ class LocalFiles:
     def run(self, function: Any, *args: Any) -> Any:
         """The filesystem step `function(*args)` in a worker thread, its errors mapped (`errors.FsCalls`)."""
         return anyio.to_thread.run_sync(self._fs, function, *args)
+
+    def run_here(self, function: Callable[..., T], *args: Any) -> T:
+        """`run` on the calling thread: only for steps that cannot wait on a disk (`reading.open_cached`)."""
+        return self._fs(function, *args)
 
     def is_file(self, path: ArtifactPath) -> bool:
         try:

@@ -64,6 +64,37 @@ def open_for_read(files: LocalFiles, path: ArtifactPath) -> LocalReadHandle:
     return LocalReadHandle(fd, meta, prefetched, files.settings.download_chunk_size)
 
 
+def open_cached(files: LocalFiles, path: ArtifactPath) -> LocalReadHandle | None:
+    """`open_for_read` on the event loop, for a file whose bytes need no disk: the open, stat and digest of an inode
+    the kernel holds, and for a small file one `preadv(RWF_NOWAIT)`, which reads the page cache or refuses at once.
+    None when a byte is not cached: `open_for_read` in a thread then does it all again. A GET of a small, recently
+    used artifact costs no thread hop (a hop is a fifth of such a request's time). Only when `files.reads_on_loop`."""
+    fd, st = files.run_here(_open_regular, files, path)
+    try:
+        prefetched: bytes | None = None
+        if st.st_size <= PREFETCH_LIMIT:
+            buffer = bytearray(st.st_size)
+            if st.st_size:
+                try:
+                    got = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
+                except BlockingIOError:
+                    got = -1  # not in the page cache
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    files.reads_on_loop = False  # this filesystem cannot say "would block": threads from now on
+                    got = -1
+                if got != st.st_size:
+                    os.close(fd)
+                    return None
+            prefetched = bytes(buffer)
+        meta = _meta_from_stat(st, _read_digest(fd, path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return LocalReadHandle(fd, meta, prefetched, files.settings.download_chunk_size)
+
+
 def head_of(files: LocalFiles, path: ArtifactPath) -> ObjectMeta:
     """The metadata `open_for_read` would give, nothing read (a thread-hop step)."""
     fd, st = _open_regular(files, path)

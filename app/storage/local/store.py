@@ -41,7 +41,7 @@ from app.storage.base import (
 )
 from app.storage.local.files import MISSING, LocalFiles, TempFile, write_all
 from app.storage.local.presigning import LocalPresigning
-from app.storage.local.reading import LocalReadHandle, head_of, open_for_read
+from app.storage.local.reading import LocalReadHandle, head_of, open_cached, open_for_read
 from app.storage.local.resolve import PATH_FLAGS
 from app.storage.local.sweep import sweep
 from app.storage.local.walk import walk
@@ -124,6 +124,8 @@ class LocalStore:
         return meta
 
     async def open_read(self, path: EntryPath) -> LocalReadHandle:
+        if self.files.reads_on_loop and (cached := open_cached(self.files, path)) is not None:
+            return cached
         handle: LocalReadHandle = await self.files.run(open_for_read, self.files, path)
         return handle
 
