@@ -15,7 +15,8 @@ and any byte received cancels it, so connecting and sending nothing, or tricklin
   of a later request on a kept-alive connection. A partial head is answered 408 (the MLflow client retries 408); a
   connection that has sent nothing is just closed, as uvicorn closes an idle keep-alive connection.
 
-Bodies and responses are not touched (`upload_idle_timeout` bounds stalled bodies), nor are idle kept-alive
+Bodies and responses are not touched (`upload_idle_timeout` bounds stalled bodies; the transport it writes to holds
+small writes until the end of the loop's step, `app/coalescing.py`), nor are idle kept-alive
 connections (uvicorn's `timeout_keep_alive`). The cost: one event-loop timer per connection (and one per later head
 that does not arrive in one read), a few attribute updates per request and per header, and per read, body chunks
 included, a counter read before and after parsing.
@@ -31,13 +32,14 @@ import asyncio
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from app.coalescing import CoalescingTransport
 from app.settings import Settings
 
 
@@ -90,7 +92,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Connection ---------------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # A response's head and small body leave in one send (app/coalescing.py).
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         self._start_head_timer()  # counts from the connection's start: sending nothing at all is also stalling
 
     def connection_lost(self, exc: Exception | None) -> None:
