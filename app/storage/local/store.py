@@ -115,7 +115,13 @@ class LocalStore:
         """The path an operation on `path` really touches, links followed (the last one only when the operation
         follows it: reads do, writes and deletes replace or remove the link itself). Authorization checks this too,
         so a link cannot lead into a prefix the rules refuse."""
-        where: str | None = await self.files.run(self.files.dir.where, path.canonical, follow_last)
+        files = self.files
+        # Metadata the kernel holds, on a disk filesystem: no thread hop (as `open_cached`).
+        where: str | None = (
+            files.run_here(files.dir.where, path.canonical, follow_last)
+            if files.reads_on_loop
+            else await files.run(files.dir.where, path.canonical, follow_last)
+        )
         return path if where is None or where == path.canonical else ArtifactPath(where)
 
     # read ---------------------------------------------------------------------------------------------------------
