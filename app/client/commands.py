@@ -54,7 +54,7 @@ def run(work: Callable[[Session], Coroutine[Any, Any, T]], remote: Remote, jobs:
 
     async def main() -> T:
         session = session_for(remote, jobs, retries)
-        async with session.client:
+        async with session.http:
             return await work(session)
 
     try:

@@ -4,8 +4,11 @@ Bytes go to `<file>.part` (the ETag they belong to in `<file>.part.etag`) and th
 when it is complete and its SHA-256 matches the server's `Repr-Digest`. A mismatch removes what was received. A cut
 stream, in this run (a retry) or a later one (the `.part` left behind), continues with `Range: bytes=<have>-` and
 `If-Range: <etag>`: if the artifact changed meanwhile the server answers 200 with the whole new version, and the
-download starts over. Large files on servers that presign downloads come through the presigned URL instead, in
-`jobs` parallel ranges of `part_size`, each range retried alone from where it stopped.
+download starts over. The body is written and hashed about 1 MiB per thread hop (app/client/batches.py), and asked
+for with `Accept-Encoding: identity` and taken undecoded: the digest is of the bytes the server stored.
+
+Large files on servers that presign downloads come through the presigned URL instead, in `jobs` parallel ranges of
+`part_size`, each range retried alone from where it stopped.
 """
 
 from __future__ import annotations
@@ -14,28 +17,32 @@ import asyncio
 import hashlib
 import os
 import re
+from collections.abc import Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
-import httpx
-
+from app.client.batches import batches
 from app.client.digests import file_sha256, from_header
 from app.client.options import TransferOptions
 from app.client.progress import Bars
 from app.client.session import (
     RETRIED_STATUSES,
+    TRANSPORT_ERRORS,
     ClientError,
     Session,
     backoff,
     first_error,
-    status_error,
+    response_error,
     transport_message,
 )
 from app.client.uris import Remote
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# No gzip from the server or a proxy in between: the digest is of the stored bytes, and they are kept as they are.
+_RAW = {"accept-encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,9 @@ async def download_file(
 ) -> Downloaded:
     local.parent.mkdir(parents=True, exist_ok=True)
     info = await session.server_info()
-    presigned = info.get("artifacts_presigned_only") or (
-        info.get("multipart_downloads_enabled") and size is not None and size >= options.multipart_threshold
-    )
-    if presigned:
+    only = bool(info.get("artifacts_presigned_only"))
+    large = bool(info.get("multipart_downloads_enabled")) and size is not None and size >= options.multipart_threshold
+    if only or large:
         done = await _presigned(session, remote, local, options, bars)
         if done is not None:
             return done
@@ -94,36 +100,37 @@ async def _streamed(session: Session, remote: Remote, local: Path, bars: Bars) -
     for attempt in range(session.retries + 1):
         headers = {"range": f"bytes={have}-", "if-range": etag} if have and etag else {}
         try:
-            async with session.client.stream("GET", url, headers=session.headers_for(url, headers)) as response:
-                if response.status_code == 416:  # asked from the very end: start over rather than guess
+            async with session.open("GET", url, {**_RAW, **headers}, auto_decompress=False) as response:
+                if response.status == 416:  # asked from the very end: start over rather than guess
                     bars.moved(-have)
                     have, hasher = 0, hashlib.sha256()
                     part.unlink(missing_ok=True)
                     continue
-                if response.status_code not in (200, 206):
-                    failure = status_error(response, f"download {remote}")
-                    if response.status_code not in RETRIED_STATUSES:
+                if response.status not in (200, 206):
+                    failure = await response_error(response, f"download {remote}")
+                    if response.status not in RETRIED_STATUSES:
                         raise failure
                     raise _Retry(failure)
-                if response.status_code == 206 and not _starts_at(response, have):
+                if response.status == 206 and not _starts_at(response.headers, have):
                     raise ClientError(f"download {remote}: the server sent a range that does not continue the file")
-                if response.status_code == 200 and have:
+                if response.status == 200 and have:
                     bars.moved(-have)  # the artifact changed (or Range was ignored): the new version, whole
                     have, hasher = 0, hashlib.sha256()
                 etag = response.headers.get("etag")
-                await asyncio.to_thread(_begin, part, etag_file, etag, truncate=have == 0)
                 expected = from_header(response.headers.get("repr-digest"))
-                with open(part, "ab") as out:
-                    async for block in response.aiter_raw():
-                        await asyncio.to_thread(_write_hashed, out, block, hasher)
-                        have += len(block)
-                        bars.moved(len(block))
+                out = await asyncio.to_thread(_begin, part, etag_file, etag, truncate=have == 0)
+                with out:
+                    async for batch in batches(response.content):
+                        await asyncio.to_thread(_write_hashed, out, batch, hasher)
+                        received = sum(map(len, batch))
+                        have += received
+                        bars.moved(received)
             verified = await asyncio.to_thread(_finish, remote, part, local, expected, hasher.hexdigest())
             etag_file.unlink(missing_ok=True)
             return Downloaded(have, verified)
         except _Retry as retry:
             failure = retry.failure
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
             failure = ClientError(f"download {remote}: {transport_message(url, exc)} after {have} bytes")
         if attempt == session.retries:
             raise failure
@@ -136,23 +143,24 @@ class _Retry(Exception):
         self.failure = failure
 
 
-def _starts_at(response: httpx.Response, offset: int) -> bool:
-    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+def _starts_at(headers: Mapping[str, str], offset: int) -> bool:
+    match = _CONTENT_RANGE.match(headers.get("content-range", ""))
     return match is not None and int(match.group(1)) == offset
 
 
-def _begin(part: Path, etag_file: Path, etag: str | None, truncate: bool) -> None:
-    if truncate:
-        part.write_bytes(b"")
+def _begin(part: Path, etag_file: Path, etag: str | None, truncate: bool) -> BinaryIO:
+    """Record the ETag the bytes belong to and open the `.part` for appending; blocking."""
     if etag and not etag.startswith("W/"):  # a weak ETag cannot guard a byte range
         etag_file.write_text(etag)
     else:
         etag_file.unlink(missing_ok=True)
+    return open(part, "wb" if truncate else "ab")
 
 
-def _write_hashed(out: Any, block: bytes, hasher: Any) -> None:
-    out.write(block)
-    hasher.update(block)
+def _write_hashed(out: BinaryIO, batch: list[bytes], hasher: Any) -> None:
+    for block in batch:
+        out.write(block)
+        hasher.update(block)
 
 
 async def _presigned(
@@ -162,7 +170,7 @@ async def _presigned(
     signed = await session.request(
         "GET", f"{remote.api}/presigned/{quote(remote.path, safe='/')}", what=f"download {remote}", ok=(200, 501)
     )
-    if signed.status_code == 501:
+    if signed.status == 501:
         return None
     body = signed.json()
     url, extra = body["url"], dict(body.get("headers") or {})
@@ -197,6 +205,19 @@ async def _presigned(
     return Downloaded(size, verified)
 
 
+def _pwrite_upto(fd: int, batch: list[bytes], at: int, stop: int) -> int:
+    """Write `batch` at offset `at`, nothing at or past `stop` (a server may send more than the range); the bytes
+    written. Blocking."""
+    written = 0
+    for block in batch:
+        view = memoryview(block)[: max(0, stop - at - written)]
+        while view:
+            n = os.pwrite(fd, view, at + written)
+            written += n
+            view = view[n:]
+    return written
+
+
 def _allocate(part: Path, size: int) -> None:
     with open(part, "wb") as f:
         f.truncate(size)
@@ -208,26 +229,26 @@ async def _fetch_range(
     """Write bytes start..end (inclusive) of the presigned URL into `part`; the Repr-Digest the response states."""
     at = start
     for attempt in range(session.retries + 1):
-        headers = session.headers_for(url, {**extra, "range": f"bytes={at}-{end}"})
+        wanted = {"range": f"bytes={at}-{end}"}
         try:
-            async with session.client.stream("GET", url, headers=headers) as response:
-                whole = response.status_code == 200 and at == 0
-                if response.status_code != 206 and not whole:
-                    failure = status_error(response, f"download {remote}")
-                    if response.status_code not in RETRIED_STATUSES:
+            async with session.open("GET", url, {**_RAW, **extra, **wanted}, auto_decompress=False) as response:
+                whole = response.status == 200 and at == 0
+                if response.status != 206 and not whole:
+                    failure = await response_error(response, f"download {remote}")
+                    if response.status not in RETRIED_STATUSES:
                         raise failure
                     raise _Retry(failure)
-                if response.status_code == 206 and not _starts_at(response, at):
+                if response.status == 206 and not _starts_at(response.headers, at):
                     raise ClientError(f"download {remote}: the presigned URL answered a different range")
                 fd = await asyncio.to_thread(os.open, part, os.O_WRONLY)
                 try:
-                    async for block in response.aiter_raw():
-                        block = block[: end + 1 - at]
-                        await asyncio.to_thread(os.pwrite, fd, block, at)
-                        at += len(block)
-                        bars.moved(len(block))
-                        if at > end:
-                            break
+                    async with aclosing(batches(response.content)) as body:
+                        async for batch in body:
+                            written = await asyncio.to_thread(_pwrite_upto, fd, batch, at, end + 1)
+                            at += written
+                            bars.moved(written)
+                            if at > end:
+                                break
                 finally:
                     os.close(fd)
                 if at <= end:
@@ -235,7 +256,7 @@ async def _fetch_range(
                 return from_header(response.headers.get("repr-digest"))
         except _Retry as retry:
             failure = retry.failure
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
             failure = ClientError(f"download {remote}: {transport_message(url, exc)}")
         if attempt == session.retries:
             raise failure

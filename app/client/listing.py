@@ -125,6 +125,6 @@ async def head_size(session: Session, remote: Remote) -> int | None:
         response = await session.request("HEAD", remote.url(), what=str(remote), ok=(200, 400))
     except NotFound:
         raise NotFound(f"{remote}: not found (404)") from None
-    if response.status_code == 400:
+    if response.status == 400:
         return None
     return int(response.headers.get("content-length", 0))

@@ -1,5 +1,8 @@
 """One HTTP session per command: credentials as MLflow reads them, retries, and failures as one-line errors.
 
+aiohttp rather than httpx: its C HTTP parser streams a response about 3x faster on this kind of machine (1 GiB over
+loopback: 1.4 s against 3.2-4.1 s), and the client's downloads are bound by exactly that.
+
 Credentials go only to the server the URI names (`MLFLOW_TRACKING_USERNAME`/`_PASSWORD` as Basic, else
 `MLFLOW_TRACKING_TOKEN` as Bearer): presigned URLs carry their own authorization, and an `Authorization` header would
 make S3 refuse them. `MLFLOW_TRACKING_INSECURE_TLS=true` skips certificate checks; `MLFLOW_TRACKING_SERVER_CERT_PATH`
@@ -10,20 +13,36 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import ssl
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
-from app.client.uris import SERVER_INFO, Remote
+from app.client.env_proxies import EnvProxies
+from app.client.uris import SERVER_INFO, Remote, origin
 
 # What MLflow's client retries (docs/mlflow-artifacts-api.md §2.4): the server's transient answers.
 RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
+# How much of an error response is read for its message: error bodies are small JSON, a proxy's HTML page is not.
+ERROR_BODY_LIMIT = 64 * 1024
+# Per-connection receive buffer: room for about two write batches (app/client/batches.py), so the socket keeps
+# filling while a batch is written in a thread.
+READ_BUFFER = 1 << 20
+# No total timeout: a large transfer takes as long as it takes. A connect that hangs, or a connection on which no byte
+# arrives for this long, is a failure (retried like a cut).
+CONNECT_TIMEOUT = 30.0
+READ_TIMEOUT = 120.0
+
+# What a broken transfer raises: aiohttp's own errors (refused, reset, disconnected, a body cut short) and timeouts.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 class ClientError(Exception):
@@ -37,7 +56,7 @@ class NotFound(ClientError):
 @dataclass(frozen=True)
 class Credentials:
     authorization: str | None = None
-    verify: ssl.SSLContext | bool = True
+    tls: ssl.SSLContext | bool = True  # aiohttp's `ssl=`: True verifies with the system's CAs, False checks nothing
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Credentials:
@@ -47,12 +66,25 @@ class Credentials:
             authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         elif token:
             authorization = f"Bearer {token}"
-        verify: ssl.SSLContext | bool = True
+        tls: ssl.SSLContext | bool = True
         if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
-            verify = False
+            tls = False
         elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-            verify = ssl.create_default_context(cafile=env["MLFLOW_TRACKING_SERVER_CERT_PATH"])
-        return cls(authorization, verify)
+            tls = ssl.create_default_context(cafile=env["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+        return cls(authorization, tls)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A small response, read whole (the connection is back in the pool by the time it is looked at)."""
+
+    status: int
+    headers: Mapping[str, str]  # aiohttp's case-insensitive multidict
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError when it is not (whatever the Content-Type says)."""
+        return json.loads(self.body)
 
 
 def first_error(exc: BaseException) -> BaseException:
@@ -69,10 +101,11 @@ def backoff(attempt: int) -> float:
 
 @dataclass
 class Session:
-    client: httpx.AsyncClient
+    http: aiohttp.ClientSession
     server: str  # the one origin credentials are sent to
     credentials: Credentials
     retries: int = 4
+    proxies: EnvProxies = field(default_factory=lambda: EnvProxies({}))
     _server_info: dict[str, Any] | None = field(default=None, repr=False)
 
     def headers_for(self, url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -81,22 +114,38 @@ class Session:
             headers["authorization"] = self.credentials.authorization
         return headers
 
-    async def request(
-        self, method: str, url: str, *, what: str, ok: tuple[int, ...] = (200,), **kwargs: Any
-    ) -> httpx.Response:
+    def open(
+        self, method: str, url: str, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """A request as `async with`, with the credentials this URL may have. The URL is sent as given: our own are
+        already percent-encoded, and a presigned one's signature covers its exact spelling. No redirects: one could
+        take the credentials elsewhere."""
+        target = URL(url, encoded=True)
+        proxy, proxy_auth = self.proxies.for_url(target)
+        return self.http.request(
+            method,
+            target,
+            headers=self.headers_for(url, headers),
+            allow_redirects=False,
+            proxy=proxy,
+            proxy_auth=proxy_auth,
+            **kwargs,
+        )
+
+    async def request(self, method: str, url: str, *, what: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Reply:
         """A small request (its body re-sendable), retried on transient failures; any status outside `ok` raises."""
-        headers = self.headers_for(url, kwargs.pop("headers", None))
         for attempt in range(self.retries + 1):
             try:
-                response = await self.client.request(method, url, headers=headers, **kwargs)
-            except httpx.TransportError as exc:
+                async with self.open(method, url, **kwargs) as response:
+                    reply = Reply(response.status, response.headers, await response.read())
+            except TRANSPORT_ERRORS as exc:
                 if attempt == self.retries:
                     raise ClientError(transport_message(url, exc)) from exc
             else:
-                if response.status_code in ok:
-                    return response
-                if response.status_code not in RETRIED_STATUSES or attempt == self.retries:
-                    raise status_error(response, what)
+                if reply.status in ok:
+                    return reply
+                if reply.status not in RETRIED_STATUSES or attempt == self.retries:
+                    raise status_error(reply.status, reply.body, what)
             await asyncio.sleep(backoff(attempt))
         raise AssertionError("unreachable")
 
@@ -104,19 +153,27 @@ class Session:
         """The server's capabilities; {} from a server without the route (MLflow before 3.17, proxies in front)."""
         if self._server_info is None:
             try:
-                response = await self.client.get(self.server + SERVER_INFO, headers=self.headers_for(self.server))
-                body = response.json() if response.status_code == 200 else {}
+                async with self.open("GET", self.server + SERVER_INFO) as response:
+                    body = json.loads(await response.read()) if response.status == 200 else {}
                 self._server_info = body if isinstance(body, dict) else {}
-            except (httpx.HTTPError, ValueError):
+            except TRANSPORT_ERRORS + (ValueError,):
                 self._server_info = {}
         return self._server_info
 
 
-def status_error(response: httpx.Response, what: str) -> ClientError:
-    status = response.status_code
+async def response_error(response: aiohttp.ClientResponse, what: str) -> ClientError:
+    """The error a streamed response's unexpected status stands for (its body read, up to a limit, for the message)."""
     try:
-        body = response.json()
-        message = body.get("message") if isinstance(body, dict) else None
+        body = await response.content.read(ERROR_BODY_LIMIT)
+    except TRANSPORT_ERRORS:
+        body = b""
+    return status_error(response.status, body, what)
+
+
+def status_error(status: int, body: bytes, what: str) -> ClientError:
+    try:
+        parsed = json.loads(body)
+        message = parsed.get("message") if isinstance(parsed, dict) else None
     except ValueError:
         message = None
     detail = f": {message}" if message else ""
@@ -134,36 +191,45 @@ def status_error(response: httpx.Response, what: str) -> ClientError:
     return ClientError(f"{what}: HTTP {status}{detail}")
 
 
-def transport_message(url: str, exc: httpx.TransportError) -> str:
-    origin = httpx.URL(url).copy_with(path="/", query=None, fragment=None)
-    where = str(origin).rstrip("/")
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect to {where}: {_connect_reason(exc)}"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"{where} timed out ({type(exc).__name__})"
+def transport_message(url: str, exc: BaseException) -> str:
+    where = origin(url)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"cannot connect to {where}: its TLS certificate is not trusted ({exc.certificate_error}); "
+            "MLFLOW_TRACKING_SERVER_CERT_PATH names a CA bundle"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {where}: {_connect_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"{where} timed out (connecting)"
+    if isinstance(exc, asyncio.TimeoutError):  # aiohttp's SocketTimeoutError included
+        return f"{where} timed out (no data for {READ_TIMEOUT:g} s)"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"connection to {where} failed: the server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"connection to {where} failed: the response body was cut short"
     return f"connection to {where} failed: {exc or type(exc).__name__}"
 
 
-def _connect_reason(exc: BaseException) -> str:
-    """The OS's reason under httpx's and anyio's wrappers ("All connection attempts failed" says nothing)."""
-    seen: list[BaseException] = [exc]
-    while seen:
-        current = seen.pop()
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror.lower()
-        seen.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-        seen.extend(getattr(current, "exceptions", ()))
-    return str(exc) or "connection failed"
+def _connect_reason(error: OSError) -> str:
+    """The OS's reason, in its words: asyncio's own text ("Connect call failed ('127.0.0.1', 1)") says little."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if error.errno is not None and not isinstance(error.errno, str) and error.errno > 0:
+        return os.strerror(error.errno).lower()
+    return (error.strerror or str(error) or "connection failed").lower()
 
 
-def open_client(credentials: Credentials, connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections + 2, max_keepalive_connections=connections + 2)
-    timeout = httpx.Timeout(120.0, connect=30.0)
-    return httpx.AsyncClient(limits=limits, timeout=timeout, verify=credentials.verify, follow_redirects=False)
+def open_http(credentials: Credentials, connections: int) -> aiohttp.ClientSession:
+    """The command's one connection pool: room for `connections` transfers plus the listings and HEADs around them."""
+    connector = aiohttp.TCPConnector(limit=connections + 2, limit_per_host=0, ssl=credentials.tls)
+    # sock_connect, not connect: aiohttp's `connect` also counts the wait for a free pooled connection, which with
+    # -j transfers queued behind each other is not the server being slow.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+    # trust_env stays off: the proxies from the environment are applied per request (app/client/env_proxies.py).
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFFER)
 
 
 def session_for(remote: Remote, jobs: int, retries: int) -> Session:
     credentials = Credentials.from_env(os.environ)
-    return Session(open_client(credentials, jobs), remote.server, credentials, retries)
+    return Session(open_http(credentials, jobs), remote.server, credentials, retries, EnvProxies.read())

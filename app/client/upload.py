@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from app.client.digests import CHUNK, from_header
 from app.client.options import TransferOptions
 from app.client.progress import Bars
 from app.client.session import (
     RETRIED_STATUSES,
+    TRANSPORT_ERRORS,
     ClientError,
+    Reply,
     Session,
     backoff,
     first_error,
@@ -80,7 +80,7 @@ async def _send(
     bars: Bars,
     what: str,
     hasher_factory: Callable[[], Any] = lambda: None,
-) -> tuple[httpx.Response, Any]:
+) -> tuple[Reply, Any]:
     """Send a byte range of `local` as a request body, retrying transient failures by sending it again."""
     for attempt in range(session.retries + 1):
         moved = 0
@@ -92,16 +92,24 @@ async def _send(
             bars.moved(n)
 
         body = _file_body(local, offset, length, hasher, sent)
-        request_headers = session.headers_for(url, {**headers, "content-length": str(length)})
         try:
-            response = await session.client.request(method, url, content=body, headers=request_headers)
-        except httpx.TransportError as exc:
+            # The length up front (no chunked encoding: S3 and GCS refuse it on presigned PUTs), and no
+            # Content-Type of aiohttp's choosing: a store may have signed the headers the server handed out, no more.
+            async with session.open(
+                method,
+                url,
+                {**headers, "content-length": str(length)},
+                data=body,
+                skip_auto_headers=("content-type",),
+            ) as response:
+                reply = Reply(response.status, response.headers, await response.read())
+        except TRANSPORT_ERRORS as exc:
             failure: ClientError = ClientError(transport_message(url, exc))
         else:
-            if response.status_code == 200:
-                return response, hasher
-            failure = status_error(response, what)
-            if response.status_code not in RETRIED_STATUSES:
+            if reply.status == 200:
+                return reply, hasher
+            failure = status_error(reply.status, reply.body, what)
+            if reply.status not in RETRIED_STATUSES:
                 raise failure
         bars.moved(-moved)
         if attempt == session.retries:
@@ -134,7 +142,7 @@ async def _multipart(
         what=f"start multipart upload of {remote}",
         ok=(200, 501),
     )
-    if created.status_code == 501:
+    if created.status == 501:
         return False
     body = created.json()
     upload_id = body.get("upload_id")

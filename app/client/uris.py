@@ -54,6 +54,17 @@ class Remote:
         return self.url()
 
 
+def origin(url: str) -> str:
+    """`scheme://host[:port]` of a URL, the default port left out, for telling servers apart and naming them."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal, bracketed again
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
 def join(directory: str, relative: str) -> str:
     return "/".join(part for part in (directory.strip("/"), relative.strip("/")) if part)
 
