@@ -271,23 +271,48 @@ def test_mlflow_artifacts_uris_resolve_as_mlflow_does() -> None:
             parse_remote(bad, None)
 
 
-def test_a_large_download_comes_in_presigned_ranges_and_a_cut_range_continues(server: Proxy, tmp_path: Path) -> None:
+def test_a_large_download_comes_in_presigned_ranges_from_a_store_and_a_cut_range_continues(tmp_path: Path) -> None:
+    """A presigned URL on another origin (a store's, as S3's would be) is fetched in parallel ranges, without the
+    server's credentials. The store here is the service's own signed route published under another origin: its
+    public URL is the intercepting proxy in front of it, while the client talks to the service directly."""
+    port = free_port()
     data = os.urandom(1024 * 1024 + 3)
-    assert httpx.put(server.artifact_url("pre/big.bin"), content=data).status_code == 200
-    with faulty_proxy(server.url) as front:
-        front.faults.append(Fault("GET", lambda p: "signed-artifacts" in p, cut_after=1000))
+    with (
+        faulty_proxy(f"http://127.0.0.1:{port}") as store,
+        running_proxy(
+            str(tmp_path / "root"), tmp_path / "proxy", env={"ARTIFACT_PROXY_PUBLIC_URL": store.url}, port=port
+        ) as service,
+    ):
+        assert httpx.put(service.artifact_url("pre/big.bin"), content=data).status_code == 200
+        store.faults.append(Fault("GET", lambda p: "signed-artifacts" in p, cut_after=1000))
         args = ["--multipart-threshold", "1MiB", "--part-size", "256KiB", "-j", "2", "--retries", "1", "--json"]
-        result = cli("cp", front.artifact_url("pre/big.bin"), str(tmp_path / "big.bin"), *args)
+        token = {"MLFLOW_TRACKING_TOKEN": "not-for-the-store"}
+        result = cli("cp", service.artifact_url("pre/big.bin"), str(tmp_path / "big.bin"), *args, env=token)
         assert result.returncode == 0, result.stdout + result.stderr
         assert summary(result)["not_verified"] == []
         assert (tmp_path / "big.bin").read_bytes() == data
-        ranges = sorted(s.headers["range"] for s in front.requests("GET", "signed-artifacts"))
-        assert len(ranges) == 6 and not front.requests(
-            "GET", "mlflow-artifacts/artifacts/pre"
-        )  # 5 ranges, one continued
-        cut = next(s for s in front.seen if s.faulted).headers["range"]
+        ranges = sorted(s.headers["range"] for s in store.requests("GET", "signed-artifacts"))
+        assert len(ranges) == 6 and len(store.seen) == 6  # 5 ranges, one continued; nothing else went there
+        assert not any("authorization" in s.headers for s in store.seen)
+        cut = next(s for s in store.seen if s.faulted).headers["range"]
         start = int(cut.split("=")[1].split("-")[0])
         assert f"bytes={start + 1000}-{cut.split('-')[1]}" in ranges
+
+
+def test_a_presigned_url_back_at_the_server_itself_is_not_ranged(server: Proxy, tmp_path: Path) -> None:
+    """A local destination signs its own URLs: ranges from the same host bring nothing and cost a second read to
+    hash, so the download is the streamed GET (undecoded: what the server hashed), which also resumes across runs."""
+    data = os.urandom(1024 * 1024 + 3)
+    assert httpx.put(server.artifact_url("self/big.bin"), content=data).status_code == 200
+    with faulty_proxy(server.url) as front:
+        args = ["--multipart-threshold", "1MiB", "--part-size", "256KiB", "--json"]
+        result = cli("cp", front.artifact_url("self/big.bin"), str(tmp_path / "big.bin"), *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert summary(result)["not_verified"] == [] and (tmp_path / "big.bin").read_bytes() == data
+        assert front.requests("GET", "mlflow-artifacts/presigned/self/big.bin")  # asked: the URL is the server's
+        assert not front.requests("GET", "signed-artifacts")
+        streamed = front.requests("GET", "mlflow-artifacts/artifacts/self/big.bin")
+        assert [(s.headers.get("range"), s.headers["accept-encoding"]) for s in streamed] == [(None, "identity")]
 
 
 def test_against_mlflow_server_artifacts_only(tmp_path: Path) -> None:

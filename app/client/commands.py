@@ -160,7 +160,7 @@ def ls(
     type=Size(),
     default=100 * MiB,
     show_default="100MiB",
-    help="Files this large use presigned multipart uploads and ranged presigned downloads, if offered.",
+    help="Files this large use presigned multipart uploads, and ranged downloads from a store's presigned URLs.",
 )
 @click.option(
     "--part-size",

@@ -8,7 +8,10 @@ download starts over. The body is written and hashed about 1 MiB per thread hop 
 for with `Accept-Encoding: identity` and taken undecoded: the digest is of the bytes the server stored.
 
 Large files on servers that presign downloads come through the presigned URL instead, in `jobs` parallel ranges of
-`part_size`, each range retried alone from where it stopped.
+`part_size`, each range retried alone from where it stopped, but only when that URL is on another origin (a store:
+S3, GCS, Azure), where the bytes then skip the server. A URL pointing back at the server itself (a local destination
+signs its own) would bring parallel ranges from the same host, and a second read of the file to hash it: the
+streamed GET is faster there, and resumes across runs (unless the server serves presigned URLs only).
 """
 
 from __future__ import annotations
@@ -60,10 +63,10 @@ async def download_file(
 ) -> Downloaded:
     local.parent.mkdir(parents=True, exist_ok=True)
     info = await session.server_info()
-    only = bool(info.get("artifacts_presigned_only"))
+    only = bool(info.get("artifacts_presigned_only"))  # the artifact route refuses GET: presigned it is, wherever
     large = bool(info.get("multipart_downloads_enabled")) and size is not None and size >= options.multipart_threshold
     if only or large:
-        done = await _presigned(session, remote, local, options, bars)
+        done = await _presigned(session, remote, local, options, bars, only)
         if done is not None:
             return done
     return await _streamed(session, remote, local, bars)
@@ -164,9 +167,10 @@ def _write_hashed(out: BinaryIO, batch: list[bytes], hasher: Any) -> None:
 
 
 async def _presigned(
-    session: Session, remote: Remote, local: Path, options: TransferOptions, bars: Bars
+    session: Session, remote: Remote, local: Path, options: TransferOptions, bars: Bars, required: bool
 ) -> Downloaded | None:
-    """Ranged parallel download through the presigned URL; None when the server cannot presign this file."""
+    """Ranged parallel download through the presigned URL; None (then the streamed GET) when the server cannot
+    presign this file, or when the URL is the server's own and its artifact route is not closed (`required`)."""
     signed = await session.request(
         "GET", f"{remote.api}/presigned/{quote(remote.path, safe='/')}", what=f"download {remote}", ok=(200, 501)
     )
@@ -174,6 +178,8 @@ async def _presigned(
         return None
     body = signed.json()
     url, extra = body["url"], dict(body.get("headers") or {})
+    if session.is_server_origin(url) and not required:
+        return None  # see the module docstring: from the server itself, the streamed GET is the faster one
     size = body.get("file_size")
     if size is None:
         return None  # no size to split by: the streamed GET, which also resumes

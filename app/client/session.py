@@ -114,6 +114,10 @@ class Session:
             headers["authorization"] = self.credentials.authorization
         return headers
 
+    def is_server_origin(self, url: str) -> bool:
+        """Whether `url` is on the server's own scheme, host and port: bytes from it do not skip the server."""
+        return origin(url) == origin(self.server)
+
     def open(
         self, method: str, url: str, headers: Mapping[str, str] | None = None, **kwargs: Any
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
