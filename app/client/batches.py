@@ -4,7 +4,7 @@ aiohttp hands over whatever the socket delivered (64-256 KiB at a time on loopba
 more than the write. Batches are lists, not joined: the writer writes and hashes each piece, no copy.
 
 A body cut short keeps every byte that did arrive: aiohttp raises the cut ahead of bytes still in its buffer
-(`StreamReader.readany` checks for an exception before it looks at the buffer), and on a fast link the bytes and
+(`StreamReader.readchunk` checks for an exception before it looks at the buffer), and on a fast link the bytes and
 the close arrive together, so without the drain below a resumed download would start from further back than it
 needs to, by as much as a whole buffer, or from zero.
 """
@@ -27,7 +27,11 @@ async def batches(content: aiohttp.StreamReader, size: int = BATCH) -> AsyncGene
     pending: list[bytes] = []
     pending_size = 0
     try:
-        async for chunk in content.iter_any():
+        # iter_chunks, not iter_any: readany joins what is buffered into one new bytes (a copy of every byte),
+        # readchunk hands over the buffered pieces as they are.
+        async for chunk, _ in content.iter_chunks():
+            if not chunk:
+                continue  # the end of an HTTP chunk (chunked transfer encoding)
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= size:
@@ -52,6 +56,6 @@ def _left_in_buffer(content: aiohttp.StreamReader) -> list[bytes]:
     chunks = list(buffered)
     offset = getattr(content, "_buffer_offset", 0)
     if chunks and isinstance(offset, int) and offset:
-        chunks[0] = chunks[0][offset:]  # the part of the first chunk already read (never, with iter_any)
+        chunks[0] = chunks[0][offset:]  # the part of the first chunk already read (chunked encoding's splits)
     buffered.clear()
     return chunks
