@@ -32,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.config import API, ROOT, SMALL  # noqa: E402
+from bench.config import API, CONCURRENCY, ROOT, SMALL  # noqa: E402
 from bench.load import hey  # noqa: E402
 from bench.procs import running  # noqa: E402
 from bench.servers import proxy_server  # noqa: E402
@@ -198,9 +198,9 @@ def write_report(args: argparse.Namespace, f: dict[str, float], live: dict[str, 
         START,
         "",
         f"`.venv/bin/python bench/layers.py --requests {args.requests}`, {time.strftime('%Y-%m-%d')}: the CPU time "
-        "each layer adds to one 16 KiB GET of a cached file, in microseconds. The in-process layers run one request at a "
-        f"time with no network (medians of 5 batches of {args.requests}); the server row is one worker's whole time "
-        f"per request under `hey -c {32}` ({live['rps']:.0f} req/s, {per_live:.0f} us a request) less the whole "
+        "each layer adds to one 16 KiB GET of a cached file, in microseconds. The in-process layers run one request "
+        f"at a time with no network (medians of 5 batches of {args.requests}); the server row is one worker's whole time "
+        f"per request under `hey -c {CONCURRENCY}` ({live['rps']:.0f} req/s, {per_live:.0f} us a request) less the whole "
         f"app's {whole:.0f} us.",
         "",
         "| Layer | us per request | share | What it is |",
