@@ -197,11 +197,12 @@ def write_report(args: argparse.Namespace, f: dict[str, float], live: dict[str, 
     lines = [
         START,
         "",
-        f"`.venv/bin/python bench/layers.py --requests {args.requests}`, {time.strftime('%Y-%m-%d')}: the CPU time "
-        "each layer adds to one 16 KiB GET of a cached file, in microseconds. The in-process layers run one request "
-        f"at a time with no network (medians of 5 batches of {args.requests}); the server row is one worker's whole time "
-        f"per request under `hey -c {CONCURRENCY}` ({live['rps']:.0f} req/s, {per_live:.0f} us a request) less the whole "
-        f"app's {whole:.0f} us.",
+        f"`.venv/bin/python bench/layers.py --requests {args.requests}`, {time.strftime('%Y-%m-%d')}: "
+        "the CPU time each layer adds to one 16 KiB GET of a cached file, in microseconds. "
+        "The in-process layers run one request at a time with no network "
+        f"(medians of 5 batches of {args.requests}); the server row is one worker's whole time per request "
+        f"under `hey -c {CONCURRENCY}` ({live['rps']:.0f} req/s, {per_live:.0f} us a request) "
+        f"less the whole app's {whole:.0f} us.",
         "",
         "| Layer | us per request | share | What it is |",
         "|---|---:|---:|---|",
