@@ -571,7 +571,7 @@ def test_compose_artifact_proxy_serves_the_created_bucket(
     for name, value in env.items():
         if value not in (None, ""):  # Compose passes an empty value as empty, which settings read as unset
             monkeypatch.setenv(name, str(value))
-    # No public default: unset, each container makes a random secret at start (app/cli.py).
+    # No public default: unset, each container makes a random secret at start (app/server_cli.py).
     assert env["ARTIFACT_PROXY_SIGNING_SECRET"] in ("", None) and Settings().signing_secret == ""
     assert any("/ready" in part or "/health" in part for part in proxy["healthcheck"]["test"])
 

@@ -42,7 +42,7 @@ def test_every_path_in_the_layout_table_exists() -> None:
 
 
 def test_the_readme_settings_reference_is_generated_from_the_settings_tree() -> None:
-    from app.cli import SERVER_FLAGS
+    from app.server_cli import SERVER_FLAGS
     from app.settings_reference import README_END, README_START, reference
 
     text = (REPO / "README.md").read_text()
