@@ -63,7 +63,7 @@ stack: install
 	bash deploy/stack.sh
 
 bench: install-test
-	bash bench/setup.sh && $(BIN)/python bench/run.py && $(BIN)/python bench/trees.py
+	bash bench/setup.sh && $(BIN)/python bench/run.py && $(BIN)/python bench/trees.py && $(BIN)/python bench/layers.py
 
 clean:
 	rm -rf $(VENV) .venv-mlflow .venv-mlflow-prev node_modules .pytest_cache

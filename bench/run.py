@@ -29,6 +29,8 @@ if __package__ in (None, ""):
 from bench.config import ALL_SERVERS, BENCH, MLFLOW_BIN, ROOT, Settings  # noqa: E402
 from bench.context import Context  # noqa: E402
 from bench.data import Payloads  # noqa: E402
+from bench.layers import END as LAYERS_END  # noqa: E402
+from bench.layers import START as LAYERS_START  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.scenarios import run_all  # noqa: E402
@@ -67,13 +69,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     return Settings.from_args(parser.parse_args(argv))
 
 
-def kept_trees_section(out: Path) -> str:
-    """bench/trees.py's section of the report, which this run does not measure: kept as it was."""
+def kept_sections(out: Path) -> str:
+    """The sections bench/trees.py and bench/layers.py write, which this run does not measure: kept as they were."""
     old = out.read_text() if out.exists() else ""
-    if TREES_START not in old or TREES_END not in old:
-        return ""
-    start = old.rfind("\n## ", 0, old.index(TREES_START))  # with its heading
-    return old[start : old.index(TREES_END) + len(TREES_END)] + "\n"
+    kept = ""
+    for start, end in ((TREES_START, TREES_END), (LAYERS_START, LAYERS_END)):
+        if start in old and end in old:
+            heading = old.rfind("\n## ", 0, old.index(start))
+            kept += old[heading : old.index(end) + len(end)] + "\n"
+    return kept
 
 
 def write_outputs(ctx: Context, started: float) -> None:
@@ -82,7 +86,7 @@ def write_outputs(ctx: Context, started: float) -> None:
     host = machine(settings.proxy_workers)  # after the run, as before: its subprocesses must not load a measurement
     minutes = (time.time() - started) / 60
     text = report(ctx.results, settings, host, ctx.transcript.commands, dt.datetime.now(), minutes)
-    settings.out.write_text(text + kept_trees_section(settings.out))
+    settings.out.write_text(text + kept_sections(settings.out))
     (BENCH / "results.json").write_text(json.dumps(ctx.results, indent=2, default=str))
     log(f"wrote {settings.out} and bench/results.json in {(time.time() - started) / 60:.1f} min")
 
