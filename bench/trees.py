@@ -89,7 +89,7 @@ def same_tree(a: Path, b: Path) -> None:
 def median_of(reps: int, tmp: Path, source: Path, run: Callable[[Path], float]) -> dict[str, float]:
     times = []
     for i in range(reps):
-        out = tmp / f"out-{time.monotonic_ns()}-{i}"
+        out = tmp / f"out-{i}"  # removed after each run, so the next measurement's command reads the same
         os.sync()
         times.append(run(out))
         found = next((p for p in (out / source.name, out) if p.exists()), out)
@@ -170,7 +170,7 @@ def main() -> int:
                     t, ["curl", "-sSf", f"'{http}/tree?archive=tar'", "|", "tar", "-x", "-C", str(out)], shell=True
                 )
 
-            results["one tar archive (curl | tar -x)"] = median_of(args.reps, tmp, tree, archive)
+            results["one tar archive (curl piped into tar -x)"] = median_of(args.reps, tmp, tree, archive)
             results["mlflow client, artifact-proxy: 1 GiB"] = median_of(
                 args.reps,
                 tmp,
