@@ -85,8 +85,8 @@ RECURSIVE = _param(
     "recursive",
     "query",
     "`true`: every file below the directory (no directory entries), relative to it, sorted; at most "
-    "ARTIFACT_PROXY_ARCHIVE_MAX_FILES (else 400).",
-    enum=["true", "false"],
+    "ARTIFACT_PROXY_ARCHIVE_MAX_FILES (else 400). `1`, `True`, `0` and `False` also; anything else is 400.",
+    enum=["true", "false", "1", "0", "True", "False"],
 )
 MULTIPART_DIR = {**ARTIFACT_PATH, "description": "The directory the upload goes to; the body's `path` names the file."}
 RANGE = [

@@ -182,3 +182,21 @@ def test_sparse_fixture_is_sparse(local: Proxy) -> None:
     """The 2 GiB files cost no disk: the memory and hang-up tests would otherwise need 4 GiB free."""
     st = (Path(local.destination) / "big" / "sparse.bin").stat()
     assert st.st_size == SPARSE and st.st_blocks * 512 < MiB
+
+
+@pytest.mark.parametrize("value", ["1", "True", "true"])
+def test_recursive_accepts_the_described_true_values(local: Proxy, value: str) -> None:
+    with httpx.Client(base_url=local.api, timeout=PATIENCE) as http:
+        listed = http.get("/artifacts", params={"path": "links", "recursive": value})
+    assert listed.status_code == 200
+    assert [entry["path"] for entry in listed.json()["files"]] == ["a.txt"]
+
+
+@pytest.mark.parametrize("value", ["", "yes", "TRUE", "2", " true"])
+def test_recursive_refuses_what_the_description_does_not_list(local: Proxy, value: str) -> None:
+    """The description lists the accepted values; anything else is 400 (schemathesis checks the description holds)."""
+    with httpx.Client(base_url=local.api, timeout=PATIENCE) as http:
+        refused = http.get("/artifacts", params={"path": "links", "recursive": value})
+    assert refused.status_code == 400
+    assert refused.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "recursive must be true or false" in refused.json()["message"]

@@ -26,13 +26,17 @@ logger = logging.getLogger("artifact_proxy.archives")
 ROOT_ARCHIVE_NAME = "artifacts"  # what an archive of the whole store is called: the root has no name
 
 
+FLAG_VALUES = {"true": True, "True": True, "1": True, "false": False, "False": False, "0": False}
+
+
 def flag(request: Request, name: str) -> bool:
-    value = request.query_params.get(name, "").strip().lower()
-    if value in ("", "false", "0", "no"):
+    """Exactly the values the description lists (`app.openapi_operations`): anything else is a client mistake."""
+    value = request.query_params.get(name)
+    if value is None:
         return False
-    if value in ("true", "1", "yes"):
-        return True
-    raise InvalidParameter(f"{name} must be true or false, not '{value}'")
+    if value not in FLAG_VALUES:
+        raise InvalidParameter(f"{name} must be true or false, not '{value}'")
+    return FLAG_VALUES[value]
 
 
 def glob_of(request: Request) -> Glob | None:
