@@ -14,13 +14,15 @@ from starlette.routing import Route
 
 from app import openapi
 from app.auth import Authenticator
+from app.edge import Edge
 from app.errors import ArtifactProxyError, handle_http_exception, handle_proxy_error
-from app.metrics import RequestObserver, metrics_endpoint
-from app.middleware import SecurityMiddleware, is_loopback
+from app.metrics import Observer, metrics_endpoint
+from app.middleware import SecurityPolicy, is_loopback
 from app.passwords import PasswordChecker
 from app.policy import check_presigned_only
-from app.proxies import ForwardedClient, TrustedProxies
+from app.proxies import TrustedProxies
 from app.routes import artifacts, meta, multipart, signed
+from app.routes.direct import DirectRoutes
 from app.settings import Settings
 from app.storage import StoreConfigError, open_store, redacted
 
@@ -96,11 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(signed.routes(prefix))
     app.router.routes.extend(meta.routes(settings))
     app.router.routes.extend(openapi.routes(settings.static_prefix))
+    security = None
     if settings.disable_security_middleware:
         logger.warning("security middleware disabled: no Host or origin checks, no security headers")
     else:
-        app.add_middleware(
-            SecurityMiddleware,
+        security = SecurityPolicy(
             allowed_hosts=Settings.split_list(settings.allowed_hosts),
             allowed_origins=Settings.split_list(settings.cors_allowed_origins),
             loopback_only=is_loopback(settings.host),
@@ -111,8 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     if settings.metrics:
         app.router.routes.append(Route(f"{settings.static_prefix}/metrics", metrics_endpoint, methods=["GET"]))
-    app.add_middleware(RequestObserver, access_log=settings.access_log)  # sees every final status
-    app.add_middleware(ForwardedClient, proxies=proxies)  # outermost: the client address everything else logs
+    app.add_middleware(
+        Edge,
+        proxies=proxies,
+        security=security,
+        observer=Observer(access_log=settings.access_log),
+        direct=DirectRoutes(settings.api_prefixes),
+    )
     app.openapi()  # now, so a route with no description stops the app instead of failing its first /openapi.json
     return app
 

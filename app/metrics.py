@@ -1,4 +1,4 @@
-"""Prometheus metrics and the access log, measured by one pure ASGI middleware.
+"""Prometheus metrics and the access log of each request (`app.edge.Edge` measures, this module records).
 
 Labels use the matched endpoint's name (`artifact`, `list_artifacts`, `create_upload`, ...), never the raw path, so
 cardinality stays bounded. With several workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from typing import NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,9 +22,8 @@ from prometheus_client import (
 )
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from app.errors import answer_unexpected
 from app.logs import printable
 
 access_logger = logging.getLogger("artifact_proxy.access")
@@ -49,52 +48,63 @@ DESTINATION_FREE_BYTES = Gauge(
 STORE_ERRORS = Counter("artifact_proxy_store_errors", "Requests that failed because of the store", ["status"])
 
 
-class RequestObserver:
-    """Counts, times and logs every HTTP request without buffering anything."""
+# Methods a client may spell any way it likes (h11 takes any token): the label keeps a fixed set.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
-    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
-        self.app = app
+
+class Counts:
+    """What one request's response told `app.edge.Edge` on its way out."""
+
+    __slots__ = ("bytes_in", "bytes_out", "status", "started")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.status = 500  # until a response starts: what a request that raised is counted as
+        self.started = False
+
+
+class Series(NamedTuple):
+    """One (route, method, status)'s children of the request metrics."""
+
+    requests: Counter
+    latency: Histogram
+    bytes_in: Counter
+    bytes_out: Counter
+
+
+class Observer:
+    """Counts, times and logs each finished request. The label children are kept per (route, method, status):
+    `labels()` takes a lock and builds a key on every call, and each request needs two."""
+
+    def __init__(self, access_log: bool = True) -> None:
         self.access_log = access_log
+        self._series: dict[tuple[str, str, int], Series] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        counts = {"in": 0, "out": 0, "status": 500, "started": 0}
+    def _children(self, route: str, method: str, status: int) -> Series:
+        key = (route, method, status)
+        children = self._series.get(key)
+        if children is None:
+            children = Series(
+                REQUESTS.labels(route, method, str(status)),
+                LATENCY.labels(route, method),
+                BYTES_IN.labels(route),
+                BYTES_OUT.labels(route),
+            )
+            self._series[key] = children
+        return children
 
-        async def counting_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                counts["in"] += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                counts["status"], counts["started"] = message["status"], 1
-            elif message["type"] == "http.response.body":
-                counts["out"] += len(message.get("body", b""))
-            await send(message)
-
-        IN_FLIGHT.inc()
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        except Exception:
-            await answer_unexpected(scope, receive, send, response_started=bool(counts["started"]))
-        finally:
-            IN_FLIGHT.dec()
-            self._record(scope, counts, time.perf_counter() - started)
-
-    def _record(self, scope: Scope, counts: dict[str, int], elapsed: float) -> None:
+    def record(self, scope: Scope, counts: Counts, elapsed: float) -> None:
         endpoint = scope.get("endpoint")
         route = getattr(endpoint, "__name__", "unmatched")
-        method, status = scope["method"], counts["status"]
-        REQUESTS.labels(route, method, str(status)).inc()
-        LATENCY.labels(route, method).observe(elapsed)
-        if counts["in"]:
-            BYTES_IN.labels(route).inc(counts["in"])
-        if counts["out"]:
-            BYTES_OUT.labels(route).inc(counts["out"])
+        method, status = scope["method"], counts.status
+        series = self._children(route, method if method in KNOWN_METHODS else "OTHER", status)
+        series.requests.inc()
+        series.latency.observe(elapsed)
+        if counts.bytes_in:
+            series.bytes_in.inc(counts.bytes_in)
+        if counts.bytes_out:
+            series.bytes_out.inc(counts.bytes_out)
         if status in (502, 503, 504):
             STORE_ERRORS.labels(str(status)).inc()
         client = scope.get("client") or ("-", 0)
@@ -110,8 +120,8 @@ class RequestObserver:
                 extra={
                     **audit,
                     "status": status,
-                    "bytes_in": counts["in"],
-                    "bytes_out": counts["out"],
+                    "bytes_in": counts.bytes_in,
+                    "bytes_out": counts.bytes_out,
                     "duration_ms": round(elapsed * 1000, 2),
                     "client": client[0],
                 },
@@ -127,13 +137,13 @@ class RequestObserver:
                 target,
                 scope.get("http_version", "1.1"),
                 status,
-                counts["in"],
-                counts["out"],
+                counts.bytes_in,
+                counts.bytes_out,
                 elapsed * 1000,
                 extra={
                     "duration_ms": round(elapsed * 1000, 2),
-                    "bytes_in": counts["in"],
-                    "bytes_out": counts["out"],
+                    "bytes_in": counts.bytes_in,
+                    "bytes_out": counts.bytes_out,
                     "client": client[0],
                     "method": method,
                     "path": scope["path"],

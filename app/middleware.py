@@ -1,4 +1,4 @@
-"""Pure ASGI security middleware (no BaseHTTPMiddleware: it would cost every request a task and a buffered body).
+"""The security checks every request passes (`app.edge` applies them; this module decides).
 
 As MLflow 3.x's server does: `nosniff` and `SAMEORIGIN` on every response; a `Host` allow-list
 (`MLFLOW_SERVER_ALLOWED_HOSTS`) against DNS rebinding; and refusal of state-changing requests from browser pages of
@@ -17,12 +17,13 @@ MLflow's error shape. The scope records whether the Host was checked: only then 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import json
 import re
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
 STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 LOCAL_ORIGIN_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -65,42 +66,56 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class SecurityMiddleware:
+class SecurityPolicy:
+    """What `app.edge.Edge` checks before a request reaches a route, and the headers it adds to every response."""
+
     def __init__(
         self,
-        app: ASGIApp,
         allowed_hosts: list[str] | None = None,
         allowed_origins: list[str] | None = None,
         loopback_only: bool = False,
         probe_paths: frozenset[str] = frozenset(),
         frame_options: str = "SAMEORIGIN",
     ) -> None:
-        self.app = app
         # MLflow's --x-frame-options: NONE sends no header, for a UI embedded in another origin's frames.
         frame = [] if frame_options.upper() == "NONE" else [(b"x-frame-options", frame_options.upper().encode())]
-        self.headers = [(b"x-content-type-options", b"nosniff"), *frame]
+        self.headers: list[tuple[bytes, bytes]] = [(b"x-content-type-options", b"nosniff"), *frame]
         # Orchestrators probe by the pod's address, whatever the allow-list says; probes change nothing.
         self.probe_paths = probe_paths
         self.allowed_hosts = [h.lower() for h in allowed_hosts or (LOOPBACK_HOSTS if loopback_only else [])]
         self.allowed_origins = allowed_origins or []
+        # Every request asks about the same few Host values; the patterns are globs, so remember the answers (a
+        # bounded cache: the Host is the client's to choose).
+        self._host_allowed = functools.lru_cache(maxsize=256)(self._match_host)
 
-    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
-        hosts = [value for key, value in scope.get("headers", []) if key == b"host"]
-        if len(hosts) > 1:
+    def _match_host(self, host: str) -> bool:
+        return _matches(host, self.allowed_hosts)
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """The status and message a request is refused with, or None. Marks the scope when its Host was checked."""
+        host_values: list[bytes] = []
+        origin = content_type = b""
+        for key, value in scope.get("headers", []):
+            if key == b"host":
+                host_values.append(value)
+            elif key == b"origin":
+                origin = value
+            elif key == b"content-type":
+                content_type = value
+        if len(host_values) > 1:
             return 400, "More than one Host header"
-        host = hosts[0].decode("latin-1").lower() if hosts else ""
+        host = host_values[0].decode("latin-1").lower() if host_values else ""
         if self.allowed_hosts:
-            if _matches(host, self.allowed_hosts):
+            if self._host_allowed(host):
                 scope[HOST_CHECKED_KEY] = True
             elif scope["path"] not in self.probe_paths:
                 return 403, "Host header not allowed (MLFLOW_SERVER_ALLOWED_HOSTS); possible DNS rebinding"
-        headers = dict(scope.get("headers", []))
-        origin = headers.get(b"origin", b"").decode("latin-1")
         if origin and scope["method"] in STATE_CHANGING:
-            same_origin = urlsplit(origin).netloc.lower() == host
-            if not same_origin and not self._origin_allowed(origin):
+            origin_text = origin.decode("latin-1")
+            same_origin = urlsplit(origin_text).netloc.lower() == host
+            if not same_origin and not self._origin_allowed(origin_text):
                 return 403, "Cross-origin request refused"
-            if not same_origin and scope["method"] == "POST" and not _is_json(headers.get(b"content-type", b"")):
+            if not same_origin and scope["method"] == "POST" and not _is_json(content_type):
                 return 403, "Cross-origin POST refused: send Content-Type: application/json"
         return None
 
@@ -109,35 +124,15 @@ class SecurityMiddleware:
             return True
         return "*" in self.allowed_origins or _matches(origin, self.allowed_origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        refusal = self._refusal(scope)
-        if refusal is not None:
-            status, message = refusal
-            code = "PERMISSION_DENIED" if status == 403 else "BAD_REQUEST"
-            body = json.dumps({"error_code": code, "message": message}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        *self.headers,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *self.headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+    def refusal_messages(self, status: int, message: str) -> tuple[Message, Message]:
+        """The response to a refused request, in MLflow's error shape (the edge adds the security headers)."""
+        code = "PERMISSION_DENIED" if status == 403 else "BAD_REQUEST"
+        body = json.dumps({"error_code": code, "message": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        return (
+            {"type": "http.response.start", "status": status, "headers": headers},
+            {"type": "http.response.body", "body": body},
+        )
 
 
 def _is_json(content_type: bytes) -> bool:

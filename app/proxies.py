@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 PEER_KEY = "artifact_proxy.peer"  # the TCP peer's address, before any forwarded header was applied
 
@@ -64,34 +64,27 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return b",".join(values).decode("latin-1") if values else None
 
 
-class ForwardedClient:
-    """Pure ASGI: from a trusted proxy, the client is the nearest untrusted hop of `X-Forwarded-For` and the scheme
-    that of `X-Forwarded-Proto`; from anybody else both headers are ignored."""
+def resolve_client(scope: Scope, proxies: TrustedProxies) -> None:
+    """From a trusted proxy, the client is the nearest untrusted hop of `X-Forwarded-For` and the scheme that of
+    `X-Forwarded-Proto`; from anybody else both headers are ignored. The peer as connected is kept under PEER_KEY."""
+    client = scope.get("client")
+    scope[PEER_KEY] = client[0] if client else None
+    if client and client[0] in proxies:
+        _apply_forwarded(scope, proxies)
 
-    def __init__(self, app: ASGIApp, proxies: TrustedProxies) -> None:
-        self.app = app
-        self.proxies = proxies
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            client = scope.get("client")
-            scope[PEER_KEY] = client[0] if client else None
-            if client and client[0] in self.proxies:
-                self._apply(scope, client)
-        await self.app(scope, receive, send)
-
-    def _apply(self, scope: Scope, client: tuple[str, int]) -> None:
-        forwarded_for = _header(scope, b"x-forwarded-for")
-        if forwarded_for:
-            hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-            # Each proxy appends the address it saw: walk back from the nearest and stop at the first hop that
-            # is not one of ours; anything before it was written by the client.
-            for hop in reversed(hops):
-                if not _is_address(hop):
-                    break  # garbage, or a port or name we cannot vouch for: the last proxy is all we know
-                scope["client"] = (hop, 0)
-                if hop not in self.proxies:
-                    break
-        proto = (_header(scope, b"x-forwarded-proto") or "").split(",")[-1].strip().lower()
-        if proto in ("http", "https"):
-            scope["scheme"] = proto
+def _apply_forwarded(scope: Scope, proxies: TrustedProxies) -> None:
+    forwarded_for = _header(scope, b"x-forwarded-for")
+    if forwarded_for:
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        # Each proxy appends the address it saw: walk back from the nearest and stop at the first hop that
+        # is not one of ours; anything before it was written by the client.
+        for hop in reversed(hops):
+            if not _is_address(hop):
+                break  # garbage, or a port or name we cannot vouch for: the last proxy is all we know
+            scope["client"] = (hop, 0)
+            if hop not in proxies:
+                break
+    proto = (_header(scope, b"x-forwarded-proto") or "").split(",")[-1].strip().lower()
+    if proto in ("http", "https"):
+        scope["scheme"] = proto
