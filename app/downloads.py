@@ -13,7 +13,6 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
-from pathlib import PurePosixPath
 from urllib.parse import quote
 
 import anyio
@@ -45,7 +44,15 @@ def content_type(basename: str) -> str:
     ext = basename.rsplit(".", 1)[-1] if "." in basename else basename
     if ext.lower() in TEXT_EXTENSIONS:
         return "text/plain"
-    return _guessed_type("".join(PurePosixPath(basename).suffixes[-2:]))
+    return _guessed_type(last_suffixes(basename))
+
+
+def last_suffixes(basename: str) -> str:
+    """`"".join(PurePosixPath(basename).suffixes[-2:])` without building a path on every download."""
+    if basename.endswith("."):
+        return ""
+    parts = basename.lstrip(".").split(".")[1:][-2:]
+    return "".join(f".{part}" for part in parts)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 import pytest
 
 from app.downloads import (
@@ -10,6 +12,7 @@ from app.downloads import (
     content_disposition,
     content_type,
     if_range_matches,
+    last_suffixes,
     parse_range,
 )
 from app.storage.base import ObjectMeta
@@ -87,3 +90,10 @@ def test_if_range() -> None:
     assert not if_range_matches("Sun, 06 Nov 99999999999999999999 08:49:37 GMT", meta)
     assert not if_range_matches("Sun, 06 Nov 1994 08:49:37 +9999999999999999999999", meta)
     assert not if_range_matches("Sun, 06 Nov 1994 08:49:37 +99999999999", meta)
+
+
+@pytest.mark.parametrize(
+    "name", ["f0.bin", "a.tar.gz", "x.y.tar.gz", ".bashrc", "..a.b", "noext", "a.", "...", "a..b", ".a.b.c", "é.PNG"]
+)
+def test_content_types_are_guessed_from_the_suffixes_pathlib_sees(name: str) -> None:
+    assert last_suffixes(name) == "".join(PurePosixPath(name).suffixes[-2:])

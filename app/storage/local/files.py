@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio.to_thread
-
 from app.errors import AlreadyExists, InsufficientStorage, InvalidParameter, PathOutsideRoot, StorageMisconfigured
 from app.metrics import DESTINATION_FREE_BYTES
 from app.paths import TEMP_PREFIX, ArtifactPath
@@ -30,6 +28,7 @@ from app.storage.local.errors import FsCalls
 from app.storage.local.mounts import is_local
 from app.storage.local.resolve import PATH_FLAGS, Root
 from app.storage.local.sweep import lock_new_file
+from app.threads import BlockingPool
 
 T = TypeVar("T")
 
@@ -62,15 +61,17 @@ class TempFile:
             _unlink_quietly(self.name, self.dir_fd)
 
     def publish(self, create_only: bool) -> None:
-        """Give the finished file its name: atomically replace, or atomically create (a link fails if taken)."""
-        if self.name is None and create_only:
+        """Give the finished file its name: atomically create (a link fails if the name is taken), or atomically
+        replace. A name nobody holds costs one link either way (most uploads write a new path)."""
+        if self.name is None:
             try:
                 os.link(f"/proc/self/fd/{self.fd}", self.target, dst_dir_fd=self.dir_fd)
+                return
             except FileExistsError as exc:
-                raise AlreadyExists(self.relative) from exc
-            return
-        if self.name is None:
-            # Named only now, while still locked: a sweeper never sees it unlocked unless we die right here.
+                if create_only:
+                    raise AlreadyExists(self.relative) from exc
+            # Taken: named now, while still locked (a sweeper never sees it unlocked unless we die right here), so
+            # that it can be renamed over the old version.
             self.name = f"{TEMP_PREFIX}{secrets.token_hex(16)}"
             os.link(f"/proc/self/fd/{self.fd}", self.name, dst_dir_fd=self.dir_fd)
         if not create_only:
@@ -92,6 +93,7 @@ class LocalFiles:
         self.real_root = ""
         self._dir: Root | None = None
         self._fs = FsCalls(str(root))
+        self._pool = BlockingPool(settings.io_threads, "artifact-proxy-fs")
         self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
         # Whether small cached reads may run on the event loop (`reading.open_cached`): a disk filesystem only.
         self.reads_on_loop = False
@@ -105,8 +107,10 @@ class LocalFiles:
         self._dir = Root(self.real_root)
         self._fs = FsCalls(self.real_root)
         self.reads_on_loop = hasattr(os, "RWF_NOWAIT") and is_local(self.real_root)
+        self._pool.open()
 
     def close(self) -> None:
+        self._pool.close()
         if self._dir is not None:
             self._dir.close()
 
@@ -141,9 +145,9 @@ class LocalFiles:
         assert self._dir is not None, "LocalStore.start() was not called"
         return self._dir
 
-    def run(self, function: Any, *args: Any) -> Any:
-        """The filesystem step `function(*args)` in a worker thread, its errors mapped (`errors.FsCalls`)."""
-        return anyio.to_thread.run_sync(self._fs, function, *args)
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """The filesystem step `function(*args)` in one of the store's threads, its errors mapped (`errors.FsCalls`)."""
+        return await self._pool.run(self._fs, function, *args)
 
     def run_here(self, function: Callable[..., T], *args: Any) -> T:
         """`run` on the calling thread: only for steps that cannot wait on a disk (`reading.open_cached`)."""

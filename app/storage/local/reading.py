@@ -66,7 +66,8 @@ def open_for_read(files: LocalFiles, path: ArtifactPath) -> LocalReadHandle:
 
 def open_cached(files: LocalFiles, path: ArtifactPath) -> LocalReadHandle | None:
     """`open_for_read` on the event loop, for a file whose bytes need no disk: the open, stat and digest of an inode
-    the kernel holds, and for a small file one `preadv(RWF_NOWAIT)`, which reads the page cache or refuses at once.
+    the kernel holds, and for a small file one `preadv(RWF_NOWAIT)`, which reads the page cache or refuses at once
+    (starting readahead, which the thread then finds under way).
     None when a byte is not cached: `open_for_read` in a thread then does it all again. A GET of a small, recently
     used artifact costs no thread hop (a hop is a fifth of such a request's time). Only when `files.reads_on_loop`."""
     fd, st = files.run_here(_open_regular, files, path)

@@ -99,7 +99,7 @@ class LocalStore:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        self.files.close()
+        await anyio.to_thread.run_sync(self.files.close)  # waits for the steps under way, off the loop
 
     async def check_ready(self) -> None:
         problem, free = await anyio.to_thread.run_sync(self.files.readiness)
@@ -156,8 +156,7 @@ class LocalStore:
             await files.run(write_all, temp.fd, bytes(head))
             await files.stream_to_fd(temp.fd, iterator, offset=len(head))
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(temp.discard)
+            await files.run(temp.discard)  # shielded: a cancelled upload still removes its temp file
             raise
         # commit owns the temp file from here: it publishes it, or discards it on failure.
         await files.run(files.commit, temp, b"", options)
