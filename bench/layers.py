@@ -7,9 +7,9 @@ Layers, innermost first, each timed as the median of 5 batches of N requests:
 - path validation: `canonical_path` of the request's path;
 - store: the local store's `open_read`, its one chunk, `aclose` (a cached file: no thread hop);
 - a bare ASGI app doing only that read and the two sends, for scale;
-- route: the app's router called directly (routing, the handler, the response object), no middleware;
-- middleware: the whole app as uvicorn calls it (forwarded-client, metrics and access observer, security headers,
-  FastAPI's error and exception layers) with its default settings; and with `--auth-config` (HTTP Basic);
+- handler: the artifact endpoint and its response, called as `app.edge` calls it once it has matched the route;
+- edge: the whole app as uvicorn calls it (FastAPI's outer layers, then `app.edge`: client address, Host and origin
+  checks, dispatch, security headers, metrics) with its default settings; and with `--auth-config` (HTTP Basic);
 - server: what uvicorn, httptools and the socket add, from a `hey` run against one worker: one request's share of
   a second at that rate, less the whole app's in-process time.
 The section between the markers in docs/benchmarks.md is replaced.
@@ -131,11 +131,17 @@ async def measure(root: Path, auth_file: Path, token_header: bytes, n: int) -> d
 
         out["bare ASGI app: read and send"] = await per_request_us(asgi_call(bare, scope_for(url)), n)
 
-        async def routed(scope: Any, receive: Any, send: Any) -> None:
-            scope["app"] = app  # what Starlette.__call__ sets before its middleware
-            await app.router(scope, receive, send)
+        from starlette.requests import Request
 
-        out["route: router, handler, response"] = await per_request_us(asgi_call(routed, scope_for(url)), n)
+        from app.routes.artifacts import artifact
+
+        async def handler(scope: Any, receive: Any, send: Any) -> None:
+            # What app.edge does for an artifact route once it has matched it: the endpoint and its response.
+            scope["app"], scope["path_params"] = app, {"path": FILE}
+            response = await artifact(Request(scope, receive, send))
+            await response(scope, receive, send)
+
+        out["handler: endpoint and response"] = await per_request_us(asgi_call(handler, scope_for(url)), n)
         out["whole app (default settings)"] = await per_request_us(asgi_call(app, scope_for(url)), n)
         headers = [(b"authorization", token_header)]
         out["whole app, HTTP Basic auth"] = await per_request_us(asgi_call(secured, scope_for(url, headers)), n)
@@ -182,14 +188,16 @@ def write_report(args: argparse.Namespace, f: dict[str, float], live: dict[str, 
         ("store", f["store: open, read, close"], "open below the root, fstat, digest xattr, `preadv`, close"),
         ("(for scale) a bare ASGI app", f["bare ASGI app: read and send"], "open, pread, close, the two sends"),
         (
-            "route",
-            f["route: router, handler, response"] - f["store: open, read, close"] - f["path validation"],
-            "routing, Request, the handler's checks and headers, the response object, less store and validation",
+            "handler",
+            f["handler: endpoint and response"] - f["store: open, read, close"] - f["path validation"],
+            "Request, authorization, the download's headers and range, the response object and its sends, less store "
+            "and validation",
         ),
         (
-            "middleware",
-            whole - f["route: router, handler, response"],
-            "forwarded client, metrics and access observer, security headers, FastAPI's error layers",
+            "edge and FastAPI's outer layers",
+            whole - f["handler: endpoint and response"],
+            "`app.edge` (client address, Host and origin checks, dispatch, security headers, metrics) and "
+            "FastAPI's error and body-limit layers",
         ),
         ("auth (HTTP Basic, when on)", f["whole app, HTTP Basic auth"] - whole, "credentials checked (cached), rule"),
         ("server", per_live - whole, "uvicorn, httptools, the event loop and the socket: one worker under hey"),
