@@ -173,4 +173,8 @@ class Root:
             real = self._real_name(fd, relative)
         finally:
             os.close(fd)
-        return os.path.relpath(real, self.path) if real != self.path else ""
+        if real == self.path:
+            return ""
+        # Under the root (the open stays beneath it): a slice, not relpath's normalisation, on every authorized read.
+        prefix = self.path.rstrip("/") + "/"
+        return real[len(prefix) :] if real.startswith(prefix) else os.path.relpath(real, self.path)
