@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import time
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ArtifactProxyError, answer_unexpected, handle_http_exception, handle_proxy_error
+from app.errors import answer_unexpected, handler_for
 from app.metrics import IN_FLIGHT, Counts, Observer
 from app.middleware import SecurityPolicy
 from app.proxies import TrustedProxies, resolve_client
@@ -82,17 +81,15 @@ class Edge:
 
     @staticmethod
     async def _serve(endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, counts: Counts) -> None:
-        """As Starlette's `request_response` does: an error before the response starts is answered by its handler;
-        one after it goes on up, to be logged, and the client sees the response cut off."""
+        """As Starlette's `request_response` does: an error before the response starts is answered by the app's
+        handler for it (`errors.EXCEPTION_HANDLERS`); one after it, or one no handler knows, goes on up to be
+        logged, and the client sees the response cut off or a 500."""
         request = Request(scope, receive, send)
         try:
             response = await endpoint(request)
             await response(scope, receive, send)
-        except ArtifactProxyError as exc:
-            if counts.started:
+        except Exception as exc:
+            handler = handler_for(exc)
+            if handler is None or counts.started:
                 raise
-            await (await handle_proxy_error(request, exc))(scope, receive, send)
-        except HTTPException as exc:
-            if counts.started:
-                raise
-            await (await handle_http_exception(request, exc))(scope, receive, send)
+            await (await handler(request, exc))(scope, receive, send)

@@ -8,8 +8,8 @@ client retries 5xx seven times with backoff, so a 500 for a bad path costs minut
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, ClassVar
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -189,6 +189,22 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         headers = dict(exc.headers or {})
         return error_response(405, "BAD_REQUEST", f"Method {request.method} is not allowed here", headers)
     return error_response(exc.status_code, "BAD_REQUEST", str(exc.detail))
+
+
+# The handlers the app installs, and `app.edge` uses for the routes it serves itself: one table, so both answer alike.
+ExceptionHandler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
+EXCEPTION_HANDLERS: dict[int | type[Exception], ExceptionHandler] = {
+    ArtifactProxyError: handle_proxy_error,
+    StarletteHTTPException: handle_http_exception,
+}
+
+
+def handler_for(exc: Exception) -> ExceptionHandler | None:
+    """The handler `EXCEPTION_HANDLERS` has for `exc`'s class or its nearest base, as Starlette looks it up."""
+    for cls in type(exc).__mro__:
+        if cls in EXCEPTION_HANDLERS:
+            return EXCEPTION_HANDLERS[cls]
+    return None
 
 
 async def answer_unexpected(scope: Scope, receive: Receive, send: Send, response_started: bool) -> None:

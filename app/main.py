@@ -9,13 +9,12 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from app import openapi
 from app.auth import Authenticator
 from app.edge import Edge
-from app.errors import ArtifactProxyError, handle_http_exception, handle_proxy_error
+from app.errors import EXCEPTION_HANDLERS
 from app.metrics import Observer, metrics_endpoint
 from app.middleware import SecurityPolicy, is_loopback
 from app.passwords import PasswordChecker
@@ -49,8 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Filesystem work runs in this many threads per worker. Each holds the GIL between syscalls, so more
-        # threads than the disk can use only make the event loop wait for the GIL.
+        # Work anyio sends to threads (a local store's steps have their own pool of this size, app/threads.py) runs
+        # in this many per worker. Each holds the GIL between syscalls, so more threads than the disk can use only
+        # make the event loop wait for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.io_threads
         store = open_store(settings.artifacts_destination, settings)
         try:
@@ -82,10 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Our own metrics count every request (app.metrics); FastAPI's OpenTelemetry hooks would ask the global
         # providers on every request whether anybody listens: 10 us of a 16 KiB GET's 100.
         telemetry={"tracing": False, "metrics": False, "logs": False},
-        exception_handlers={
-            ArtifactProxyError: handle_proxy_error,
-            StarletteHTTPException: handle_http_exception,
-        },
+        exception_handlers={**EXCEPTION_HANDLERS},
     )
     app.state.settings = settings
     proxies = TrustedProxies(Settings.split_list(settings.trusted_proxies))

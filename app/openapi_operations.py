@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app import schemas
+from app.routes.archives import FLAG_VALUES
 
 Fragment = dict[str, Any]
 
@@ -86,7 +87,7 @@ RECURSIVE = _param(
     "query",
     "`true`: every file below the directory (no directory entries), relative to it, sorted; at most "
     "ARTIFACT_PROXY_ARCHIVE_MAX_FILES (else 400). `1`, `True`, `0` and `False` also; anything else is 400.",
-    enum=["true", "false", "1", "0", "True", "False"],
+    enum=list(FLAG_VALUES),
 )
 MULTIPART_DIR = {**ARTIFACT_PATH, "description": "The directory the upload goes to; the body's `path` names the file."}
 RANGE = [

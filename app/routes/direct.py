@@ -37,10 +37,10 @@ class DirectRoutes:
                 return None
             scope["endpoint"], scope["path_params"] = list_artifacts, {}
             return list_artifacts
-        if method not in FILE_METHODS or not path.startswith(self.file_prefixes):
+        if method not in FILE_METHODS:
             return None
         for prefix in self.file_prefixes:
             if path.startswith(prefix):
                 scope["endpoint"], scope["path_params"] = artifact, {"path": path[len(prefix) :]}
                 return artifact
-        return None  # pragma: no cover - startswith(tuple) found one
+        return None

@@ -54,6 +54,7 @@ class Root:
 
     def __init__(self, real_root: str) -> None:
         self.path = real_root
+        self._below = real_root.rstrip("/") + "/"  # what every name under the root starts with
         self.fd = os.open(real_root, DIR_FLAGS)
         self._openat2 = _syscall is not None
 
@@ -176,5 +177,5 @@ class Root:
         if real == self.path:
             return ""
         # Under the root (the open stays beneath it): a slice, not relpath's normalisation, on every authorized read.
-        prefix = self.path.rstrip("/") + "/"
-        return real[len(prefix) :] if real.startswith(prefix) else os.path.relpath(real, self.path)
+        below = self._below
+        return real[len(below) :] if real.startswith(below) else os.path.relpath(real, self.path)
